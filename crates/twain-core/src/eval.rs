@@ -1,0 +1,110 @@
+//! Perplexity and KL divergence over a token stream, scored the way
+//! llama.cpp's perplexity tool does: independent windows of `ctx` tokens,
+//! each scoring its second half.
+
+use twain_model::{Model, ModelError, TokenId};
+
+use crate::Transformer;
+
+/// Result of [`perplexity`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EvalReport {
+    /// Windows evaluated.
+    pub chunks: usize,
+    /// Tokens scored.
+    pub scored: usize,
+    /// exp(mean negative log-likelihood).
+    pub perplexity: f64,
+    /// Mean KL(base || model) per scored token, when a base model was given.
+    pub mean_kld: Option<f64>,
+    /// Fraction of scored tokens where model and base agree on the top-1 token.
+    pub top1_agreement: Option<f64>,
+    /// Perplexity of the base model.
+    pub base_perplexity: Option<f64>,
+}
+
+fn log_softmax(l: &[f32], out: &mut Vec<f64>) {
+    let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = l.iter().map(|&v| (v as f64 - max).exp()).sum();
+    let lse = max + sum.ln();
+    out.clear();
+    out.extend(l.iter().map(|&v| v as f64 - lse));
+}
+
+fn argmax(l: &[f32]) -> usize {
+    let mut b = 0;
+    for (i, &v) in l.iter().enumerate() {
+        if v > l[b] {
+            b = i;
+        }
+    }
+    b
+}
+
+/// Perplexity of `model` on `tokens` (windows of `ctx`, at most `max_chunks`),
+/// and with `base` the mean KL divergence and top-1 agreement against it.
+/// `progress` is called with (done, total) windows.
+pub fn perplexity(
+    model: &Transformer,
+    base: Option<&Transformer>,
+    tokens: &[TokenId],
+    ctx: usize,
+    max_chunks: Option<usize>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<EvalReport, ModelError> {
+    if ctx < 4 {
+        return Err(ModelError::Other(format!("window length {ctx} is too short")));
+    }
+    let mut chunks = tokens.len() / ctx;
+    if let Some(m) = max_chunks {
+        chunks = chunks.min(m);
+    }
+    if chunks == 0 {
+        return Err(ModelError::Other(format!(
+            "the text has {} tokens, fewer than one window of {ctx}",
+            tokens.len()
+        )));
+    }
+    let v = model.info().vocab_size;
+    let first = ctx / 2;
+    let (mut nll, mut base_nll, mut kld, mut agree, mut scored) = (0.0f64, 0.0f64, 0.0f64, 0usize, 0usize);
+    let (mut lp, mut lq) = (Vec::new(), Vec::new());
+    for c in 0..chunks {
+        let window = &tokens[c * ctx..(c + 1) * ctx];
+        let mut s = model.new_state();
+        let logits = model.forward_all(&mut s, window)?;
+        let base_logits = match base {
+            Some(b) => {
+                let mut bs = b.new_state();
+                Some(b.forward_all(&mut bs, window)?)
+            }
+            None => None,
+        };
+        for j in first..ctx - 1 {
+            let row = &logits[j * v..(j + 1) * v];
+            let next = window[j + 1] as usize;
+            log_softmax(row, &mut lq);
+            nll -= lq[next];
+            if let Some(bl) = &base_logits {
+                let brow = &bl[j * v..(j + 1) * v];
+                log_softmax(brow, &mut lp);
+                base_nll -= lp[next];
+                kld += lp.iter().zip(&lq).map(|(&p, &q)| p.exp() * (p - q)).sum::<f64>();
+                if argmax(row) == argmax(brow) {
+                    agree += 1;
+                }
+            }
+            scored += 1;
+        }
+        progress(c + 1, chunks);
+    }
+    let n = scored as f64;
+    Ok(EvalReport {
+        chunks,
+        scored,
+        perplexity: (nll / n).exp(),
+        mean_kld: base.map(|_| kld / n),
+        top1_agreement: base.map(|_| agree as f64 / n),
+        base_perplexity: base.map(|_| (base_nll / n).exp()),
+    })
+}

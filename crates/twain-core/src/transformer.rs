@@ -1,0 +1,651 @@
+//! The decoder: embedding, layers (attention with GQA, RoPE, optional QK-norm
+//! and q/k/v bias; SwiGLU FFN), final norm, LM head; with the KV-sharing plan.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+use twain_io::{LoadedModel, ModelConfig, Tensor};
+use twain_model::{Model, ModelError, ModelInfo, SpecialTokens, TokenId};
+use twain_quant::{matmul, Parallelism};
+
+use crate::kv::{KvDtype, LayerCache};
+use crate::{rope, CoreError};
+
+/// Build-time options of a [`Transformer`].
+#[derive(Debug, Clone)]
+pub struct TransformerOptions {
+    /// Element type of the KV cache (int8 by default).
+    pub kv_dtype: KvDtype,
+    /// Prompt tokens processed per matrix-matrix pass in prefill.
+    pub prefill_chunk: usize,
+    /// Run layers after the last K/V-owning layer on the last prompt token
+    /// only (the KV-sharing prefill saving). Off = the naive computation.
+    pub skip_shared_prefill: bool,
+    /// Cap on the context length (defaults to the model's).
+    pub context_length: Option<usize>,
+}
+
+impl Default for TransformerOptions {
+    fn default() -> Self {
+        Self {
+            kv_dtype: KvDtype::Int8,
+            prefill_chunk: 64,
+            skip_shared_prefill: true,
+            context_length: None,
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    wq: Tensor,
+    wk: Option<Tensor>,
+    wv: Option<Tensor>,
+    wo: Tensor,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+    /// Index into the state's caches of the cache this layer reads.
+    cache: usize,
+    /// This layer writes that cache.
+    owns_kv: bool,
+}
+
+/// Inputs of the linear layers seen during a forward pass, for calibration
+/// (importance-weighted quantization): called with the tensor name and the
+/// n x cols input matrix.
+pub type Observer<'a> = &'a mut dyn FnMut(&str, &[f32]);
+
+/// A Llama-family decoder in any twain weight format, with a KV-sharing plan.
+pub struct Transformer {
+    config: ModelConfig,
+    info: ModelInfo,
+    opts: TransformerOptions,
+    embed: Tensor,
+    lm_head: Option<Tensor>,
+    final_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    n_caches: usize,
+    /// Layers after this one never write a cache.
+    last_owner: usize,
+    inv_freq: Vec<f32>,
+    id: u64,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Per-sequence state: KV caches of the owning layers and the position.
+#[derive(Debug, Clone)]
+pub struct State {
+    model_id: u64,
+    pos: usize,
+    caches: Vec<LayerCache>,
+    tokens_processed: u64,
+}
+
+impl State {
+    /// Bytes held by the KV cache.
+    pub fn kv_bytes(&self) -> usize {
+        self.caches.iter().map(|c| c.bytes()).sum()
+    }
+    /// Tokens the model has run forward over with this state since it was made
+    /// (counts prefill and decode work; not reduced by `truncate`).
+    pub fn tokens_processed(&self) -> u64 {
+        self.tokens_processed
+    }
+    /// Number of positions in the sequence.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+}
+
+fn take(model: &mut LoadedModel, name: &str) -> Result<Tensor, CoreError> {
+    model.tensors.remove(name).ok_or_else(|| CoreError::Tensor {
+        name: name.to_string(),
+        problem: "missing from the model file".into(),
+    })
+}
+
+fn take_opt(model: &mut LoadedModel, name: &str) -> Option<Tensor> {
+    model.tensors.remove(name)
+}
+
+fn check_shape(t: &Tensor, shape: &[usize]) -> Result<(), CoreError> {
+    if t.shape() != shape {
+        return Err(CoreError::Tensor {
+            name: t.name().to_string(),
+            problem: format!("expected shape {:?}, file has {:?}", shape, t.shape()),
+        });
+    }
+    Ok(())
+}
+
+fn vector(t: Tensor, len: usize) -> Result<Vec<f32>, CoreError> {
+    let numel: usize = t.shape().iter().product();
+    if numel != len {
+        return Err(CoreError::Tensor {
+            name: t.name().to_string(),
+            problem: format!("expected {len} values, file has shape {:?}", t.shape()),
+        });
+    }
+    Ok(t.to_f32()?)
+}
+
+impl Transformer {
+    /// Build from a loaded model description (any mix of twain formats).
+    pub fn from_loaded(mut model: LoadedModel, opts: TransformerOptions) -> Result<Self, CoreError> {
+        let c = model.config.clone();
+        validate_config(&c)?;
+        let (d, hd) = (c.d_model, c.head_dim);
+        let q_dim = c.n_heads * hd;
+        let kv_dim = c.n_kv_heads * hd;
+        let embed = take(&mut model, "token_embd.weight")?;
+        check_shape(&embed, &[c.vocab_size, d])?;
+        let lm_head = if c.tied_embeddings {
+            None
+        } else {
+            let t = take(&mut model, "output.weight")?;
+            check_shape(&t, &[c.vocab_size, d])?;
+            Some(t)
+        };
+        let final_norm = vector(take(&mut model, "output_norm.weight")?, d)?;
+        let mut cache_of = vec![usize::MAX; c.n_layers];
+        let mut n_caches = 0;
+        let mut last_owner = 0;
+        for l in 0..c.n_layers {
+            if c.kv_source[l] == l {
+                cache_of[l] = n_caches;
+                n_caches += 1;
+                last_owner = l;
+            }
+        }
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let p = format!("blk.{l}.");
+            let owns_kv = c.kv_source[l] == l;
+            let mat = |m: &mut LoadedModel, n: &str, shape: [usize; 2]| -> Result<Tensor, CoreError> {
+                let t = take(m, &format!("{p}{n}.weight"))?;
+                check_shape(&t, &shape)?;
+                Ok(t)
+            };
+            let wq = mat(&mut model, "attn_q", [q_dim, d])?;
+            let (wk, wv) = if owns_kv {
+                (
+                    Some(mat(&mut model, "attn_k", [kv_dim, d])?),
+                    Some(mat(&mut model, "attn_v", [kv_dim, d])?),
+                )
+            } else {
+                for n in ["attn_k.weight", "attn_v.weight", "attn_k.bias", "attn_v.bias"] {
+                    if model.tensors.contains_key(&format!("{p}{n}")) {
+                        return Err(CoreError::Tensor {
+                            name: format!("{p}{n}"),
+                            problem: format!(
+                                "layer {l} reads the K/V cache of layer {} and must not have its own K/V projection",
+                                c.kv_source[l]
+                            ),
+                        });
+                    }
+                }
+                (None, None)
+            };
+            let wo = mat(&mut model, "attn_output", [d, q_dim])?;
+            let w_gate = mat(&mut model, "ffn_gate", [c.ffn_hidden, d])?;
+            let w_up = mat(&mut model, "ffn_up", [c.ffn_hidden, d])?;
+            let w_down = mat(&mut model, "ffn_down", [d, c.ffn_hidden])?;
+            let attn_norm = vector(take(&mut model, &format!("{p}attn_norm.weight"))?, d)?;
+            let ffn_norm = vector(take(&mut model, &format!("{p}ffn_norm.weight"))?, d)?;
+            let opt_vec = |m: &mut LoadedModel, n: &str, len: usize| -> Result<Option<Vec<f32>>, CoreError> {
+                take_opt(m, &format!("{p}{n}")).map(|t| vector(t, len)).transpose()
+            };
+            let (bq, bk, bv) = if c.qkv_bias {
+                (
+                    Some(opt_vec(&mut model, "attn_q.bias", q_dim)?.ok_or_else(|| missing(&p, "attn_q.bias"))?),
+                    if owns_kv { Some(opt_vec(&mut model, "attn_k.bias", kv_dim)?.ok_or_else(|| missing(&p, "attn_k.bias"))?) } else { None },
+                    if owns_kv { Some(opt_vec(&mut model, "attn_v.bias", kv_dim)?.ok_or_else(|| missing(&p, "attn_v.bias"))?) } else { None },
+                )
+            } else {
+                (None, None, None)
+            };
+            let (q_norm, k_norm) = if c.qk_norm {
+                (
+                    Some(opt_vec(&mut model, "attn_q_norm.weight", hd)?.ok_or_else(|| missing(&p, "attn_q_norm.weight"))?),
+                    Some(opt_vec(&mut model, "attn_k_norm.weight", hd)?.ok_or_else(|| missing(&p, "attn_k_norm.weight"))?),
+                )
+            } else {
+                (None, None)
+            };
+            layers.push(Layer {
+                attn_norm,
+                ffn_norm,
+                wq,
+                wk,
+                wv,
+                wo,
+                bq,
+                bk,
+                bv,
+                q_norm,
+                k_norm,
+                w_gate,
+                w_up,
+                w_down,
+                cache: cache_of[c.kv_source[l]],
+                owns_kv,
+            });
+        }
+        let context_length = opts
+            .context_length
+            .map_or(c.context_length, |n| n.min(c.context_length));
+        let info = ModelInfo {
+            name: c.arch.clone(),
+            vocab_size: c.vocab_size,
+            context_length,
+            special: SpecialTokens::default(),
+        };
+        let inv_freq = rope::inv_freqs(hd, c.rope_theta, c.rope_scaling);
+        Ok(Self {
+            config: c,
+            info,
+            opts: TransformerOptions {
+                prefill_chunk: opts.prefill_chunk.max(1),
+                ..opts
+            },
+            embed,
+            lm_head,
+            final_norm,
+            layers,
+            n_caches,
+            last_owner,
+            inv_freq,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// The model description.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The options it was built with.
+    pub fn options(&self) -> &TransformerOptions {
+        &self.opts
+    }
+
+    /// Set the special tokens reported by [`Model::info`] (they come from the tokenizer).
+    pub fn set_special_tokens(&mut self, special: SpecialTokens) {
+        self.info.special = special;
+    }
+
+    /// KV-cache bytes one token occupies with this model's plan and cache type.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.n_caches * self.config.n_kv_heads * self.opts.kv_dtype.row_bytes(self.config.head_dim)
+    }
+
+    /// Number of layers that own a K/V cache.
+    pub fn kv_owning_layers(&self) -> usize {
+        self.n_caches
+    }
+
+    /// Weight bytes of all tensors (what decode reads per token, plus one embedding row).
+    pub fn weight_bytes(&self) -> usize {
+        let mut n = self.embed.matrix().map(|m| m.data().len()).unwrap_or(0);
+        if let Some(h) = &self.lm_head {
+            n += h.matrix().map(|m| m.data().len()).unwrap_or(0);
+        }
+        for l in &self.layers {
+            for t in [Some(&l.wq), l.wk.as_ref(), l.wv.as_ref(), Some(&l.wo), Some(&l.w_gate), Some(&l.w_up), Some(&l.w_down)].into_iter().flatten() {
+                n += t.matrix().map(|m| m.data().len()).unwrap_or(0);
+            }
+        }
+        n
+    }
+
+    fn check_state(&self, state: &State) -> Result<(), ModelError> {
+        if state.model_id != self.id {
+            return Err(ModelError::ForeignState(
+                "the state was created by another Transformer".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Append `tokens` and return the logits of every new position
+    /// (tokens.len() x vocab). Runs every layer on every position (no
+    /// block-2 skip), as perplexity needs.
+    pub fn forward_all(&self, state: &mut State, tokens: &[TokenId]) -> Result<Vec<f32>, ModelError> {
+        self.check_state(state)?;
+        let v = self.info.vocab_size;
+        self.info.check_forward(state.pos, tokens, v)?;
+        let mut out = vec![0.0f32; tokens.len() * v];
+        let start = state.pos;
+        let r = self.run(state, tokens, Output::All(&mut out), None);
+        if r.is_err() {
+            self.rollback(state, start);
+        }
+        r.map(|_| out).map_err(Into::into)
+    }
+
+    /// Like [`Model::forward`], calling `observer` with the input of every
+    /// linear layer (for calibration).
+    pub fn forward_observed(
+        &self,
+        state: &mut State,
+        tokens: &[TokenId],
+        logits: &mut [f32],
+        observer: Observer<'_>,
+    ) -> Result<(), ModelError> {
+        self.check_state(state)?;
+        self.info.check_forward(state.pos, tokens, logits.len())?;
+        let start = state.pos;
+        let r = self.run(state, tokens, Output::Last(logits), Some(observer));
+        if r.is_err() {
+            self.rollback(state, start);
+        }
+        r.map_err(Into::into)
+    }
+
+    fn rollback(&self, state: &mut State, len: usize) {
+        for c in &mut state.caches {
+            c.truncate(len);
+        }
+        state.pos = len;
+    }
+
+    fn run(
+        &self,
+        state: &mut State,
+        tokens: &[TokenId],
+        mut out: Output<'_>,
+        mut observer: Option<Observer<'_>>,
+    ) -> Result<(), CoreError> {
+        let all = matches!(out, Output::All(_));
+        let skip = self.opts.skip_shared_prefill && !all;
+        let chunk = self.opts.prefill_chunk;
+        let n_total = tokens.len();
+        let mut done = 0;
+        while done < n_total {
+            let n = chunk.min(n_total - done);
+            let toks = &tokens[done..done + n];
+            let is_last_chunk = done + n == n_total;
+            let p0 = state.pos;
+            let d = self.config.d_model;
+            let mut x = vec![0.0f32; n * d];
+            let embed = self.embed.matrix()?;
+            for (i, &t) in toks.iter().enumerate() {
+                embed.dequantize_row(t as usize, &mut x[i * d..(i + 1) * d])?;
+            }
+            let obs = &mut observer;
+            for (l, layer) in self.layers.iter().enumerate() {
+                if skip && l > self.last_owner {
+                    if !is_last_chunk {
+                        break;
+                    }
+                    // Only the last token's state matters from here on.
+                    if x.len() > d {
+                        x.drain(..x.len() - d);
+                    }
+                    let last = x.len() / d;
+                    self.layer_forward(l, layer, &mut x, last, p0 + n - last, state, obs)?;
+                } else {
+                    self.layer_forward(l, layer, &mut x, n, p0, state, obs)?;
+                }
+            }
+            state.pos = p0 + n;
+            state.tokens_processed += n as u64;
+            let rows = x.len() / d;
+            match &mut out {
+                Output::Last(logits) if is_last_chunk => {
+                    self.head(&x[(rows - 1) * d..], logits, obs)?;
+                }
+                Output::All(all_logits) => {
+                    let v = self.info.vocab_size;
+                    let mut normed = vec![0.0f32; rows * d];
+                    for i in 0..rows {
+                        rms_norm(&x[i * d..(i + 1) * d], &self.final_norm, self.config.rms_eps, &mut normed[i * d..(i + 1) * d]);
+                    }
+                    let head = self.lm_head.as_ref().unwrap_or(&self.embed).matrix()?;
+                    matmul(&head, &normed, &mut all_logits[done * v..(done + rows) * v], Parallelism::Rayon)?;
+                }
+                _ => {}
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn head(&self, x: &[f32], logits: &mut [f32], obs: &mut Option<Observer<'_>>) -> Result<(), CoreError> {
+        let d = self.config.d_model;
+        let mut normed = vec![0.0f32; d];
+        rms_norm(x, &self.final_norm, self.config.rms_eps, &mut normed);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        if let Some(o) = obs {
+            o(head.name(), &normed);
+        }
+        matmul(&head.matrix()?, &normed, logits, Parallelism::Rayon)?;
+        Ok(())
+    }
+
+    /// Run layer `l` on `n` rows of `x` at positions p0..p0+n.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        _l: usize,
+        layer: &Layer,
+        x: &mut [f32],
+        n: usize,
+        p0: usize,
+        state: &mut State,
+        obs: &mut Option<Observer<'_>>,
+    ) -> Result<(), CoreError> {
+        let c = &self.config;
+        let (d, hd) = (c.d_model, c.head_dim);
+        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
+        let q_dim = nh * hd;
+        let kv_dim = nkv * hd;
+        let eps = c.rms_eps;
+
+        let mut xb = vec![0.0f32; n * d];
+        for i in 0..n {
+            rms_norm(&x[i * d..(i + 1) * d], &layer.attn_norm, eps, &mut xb[i * d..(i + 1) * d]);
+        }
+        let mut q = vec![0.0f32; n * q_dim];
+        linear(&layer.wq, &xb, &mut q, obs)?;
+        add_bias(&mut q, layer.bq.as_deref());
+        let scale = 1.0 / (hd as f32).sqrt();
+        for i in 0..n {
+            for h in 0..nh {
+                let qh = &mut q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+                if let Some(w) = &layer.q_norm {
+                    rms_norm_inplace(qh, w, eps);
+                }
+                rope::apply(qh, p0 + i, &self.inv_freq, c.rope_layout);
+                qh.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+        if layer.owns_kv {
+            let (wk, wv) = (layer.wk.as_ref().expect("owning layer has K"), layer.wv.as_ref().expect("owning layer has V"));
+            let mut k = vec![0.0f32; n * kv_dim];
+            let mut v = vec![0.0f32; n * kv_dim];
+            linear(wk, &xb, &mut k, obs)?;
+            linear(wv, &xb, &mut v, obs)?;
+            add_bias(&mut k, layer.bk.as_deref());
+            add_bias(&mut v, layer.bv.as_deref());
+            let cache = &mut state.caches[layer.cache];
+            debug_assert_eq!(cache.len(), p0);
+            for i in 0..n {
+                let ki = &mut k[i * kv_dim..(i + 1) * kv_dim];
+                for h in 0..nkv {
+                    let kh = &mut ki[h * hd..(h + 1) * hd];
+                    if let Some(w) = &layer.k_norm {
+                        rms_norm_inplace(kh, w, eps);
+                    }
+                    rope::apply(kh, p0 + i, &self.inv_freq, c.rope_layout);
+                }
+                cache.push(ki, &v[i * kv_dim..(i + 1) * kv_dim])?;
+            }
+        }
+        // Attention: every (row, head) pair independently.
+        let cache = &state.caches[layer.cache];
+        let group = nh / nkv;
+        let mut att = vec![0.0f32; n * q_dim];
+        let max_len = p0 + n;
+        let work = n * nh * max_len * hd;
+        let job = |scores: &mut Vec<f32>, (idx, out): (usize, &mut [f32])| {
+            let (i, h) = (idx / nh, idx % nh);
+            let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+            cache.attend(qh, h / group, p0 + i, scores, out);
+        };
+        if work > 1 << 16 {
+            att.par_chunks_mut(hd)
+                .enumerate()
+                .for_each_init(|| vec![0.0f32; max_len], job);
+        } else {
+            let mut scores = vec![0.0f32; max_len];
+            att.chunks_mut(hd).enumerate().for_each(|item| job(&mut scores, item));
+        }
+        let mut o = vec![0.0f32; n * d];
+        linear(&layer.wo, &att, &mut o, obs)?;
+        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+        // SwiGLU FFN.
+        for i in 0..n {
+            rms_norm(&x[i * d..(i + 1) * d], &layer.ffn_norm, eps, &mut xb[i * d..(i + 1) * d]);
+        }
+        let f = c.ffn_hidden;
+        let mut g = vec![0.0f32; n * f];
+        let mut u = vec![0.0f32; n * f];
+        linear(&layer.w_gate, &xb, &mut g, obs)?;
+        linear(&layer.w_up, &xb, &mut u, obs)?;
+        g.iter_mut().zip(&u).for_each(|(a, b)| *a = silu(*a) * b);
+        linear(&layer.w_down, &g, &mut o, obs)?;
+        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+}
+
+enum Output<'a> {
+    Last(&'a mut [f32]),
+    All(&'a mut [f32]),
+}
+
+fn missing(prefix: &str, name: &str) -> CoreError {
+    CoreError::Tensor {
+        name: format!("{prefix}{name}"),
+        problem: "missing from the model file (the config requires it)".into(),
+    }
+}
+
+fn linear(w: &Tensor, x: &[f32], y: &mut [f32], obs: &mut Option<Observer<'_>>) -> Result<(), CoreError> {
+    if let Some(o) = obs {
+        o(w.name(), x);
+    }
+    matmul(&w.matrix()?, x, y, Parallelism::Rayon)?;
+    Ok(())
+}
+
+fn add_bias(y: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for row in y.chunks_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(a, c)| *a += c);
+        }
+    }
+}
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for ((o, &a), &b) in out.iter_mut().zip(x).zip(w) {
+        *o = a * inv * b;
+    }
+}
+
+fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for (a, &b) in x.iter_mut().zip(w) {
+        *a *= inv * b;
+    }
+}
+
+/// Check a config for the consistency the forward pass relies on.
+pub fn validate_config(c: &ModelConfig) -> Result<(), CoreError> {
+    let bad = |m: String| Err(CoreError::Config(m));
+    if c.n_layers == 0 || c.d_model == 0 || c.n_heads == 0 || c.n_kv_heads == 0 || c.head_dim == 0 || c.ffn_hidden == 0 || c.vocab_size == 0 {
+        return bad(format!("zero dimension in {c:?}"));
+    }
+    if c.n_heads % c.n_kv_heads != 0 {
+        return bad(format!("{} query heads is not a multiple of {} kv heads", c.n_heads, c.n_kv_heads));
+    }
+    if c.head_dim % 2 != 0 {
+        return bad(format!("head_dim {} is odd (RoPE needs pairs)", c.head_dim));
+    }
+    if c.kv_source.len() != c.n_layers {
+        return bad(format!("kv_source has {} entries for {} layers", c.kv_source.len(), c.n_layers));
+    }
+    for (l, &s) in c.kv_source.iter().enumerate() {
+        if s > l || c.kv_source[s] != s {
+            return bad(format!("layer {l} reads the K/V of layer {s}, which is not an earlier (or the same) layer owning K/V"));
+        }
+    }
+    if c.kv_source[0] != 0 {
+        return bad("layer 0 must own its K/V".into());
+    }
+    if !(c.rms_eps > 0.0) || !(c.rope_theta > 0.0) {
+        return bad(format!("rms_eps {} and rope_theta {} must be positive", c.rms_eps, c.rope_theta));
+    }
+    Ok(())
+}
+
+impl Model for Transformer {
+    type State = State;
+
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn new_state(&self) -> State {
+        State {
+            model_id: self.id,
+            pos: 0,
+            caches: (0..self.n_caches)
+                .map(|_| LayerCache::new(self.opts.kv_dtype, self.config.n_kv_heads, self.config.head_dim))
+                .collect(),
+            tokens_processed: 0,
+        }
+    }
+
+    fn forward(&self, state: &mut State, tokens: &[TokenId], logits: &mut [f32]) -> Result<(), ModelError> {
+        self.check_state(state)?;
+        self.info.check_forward(state.pos, tokens, logits.len())?;
+        let start = state.pos;
+        let r = self.run(state, tokens, Output::Last(logits), None);
+        if r.is_err() {
+            self.rollback(state, start);
+        }
+        r.map_err(Into::into)
+    }
+
+    fn position(&self, state: &State) -> usize {
+        state.pos
+    }
+
+    fn truncate(&self, state: &mut State, len: usize) -> Result<(), ModelError> {
+        self.check_state(state)?;
+        if len > state.pos {
+            return Err(ModelError::TruncateBeyondEnd { len, position: state.pos });
+        }
+        self.rollback(state, len);
+        Ok(())
+    }
+}

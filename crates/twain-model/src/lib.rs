@@ -1,0 +1,290 @@
+//! The small [`Model`] trait that everything above a model in twain is written
+//! against: sampling, sessions, streaming, guided generation and the CLI only
+//! need a model that can append tokens to a per-sequence state and report the
+//! logits of the last position.
+//!
+//! A downstream app can implement [`Model`] for its own model and keep the rest
+//! of the stack:
+//!
+//! ```
+//! use twain_model::{Model, ModelError, ModelInfo, SpecialTokens, TokenId};
+//!
+//! /// Predicts "next id = last id + 1" with certainty.
+//! struct Counter(ModelInfo);
+//!
+//! impl Model for Counter {
+//!     type State = Vec<TokenId>;
+//!     fn info(&self) -> &ModelInfo { &self.0 }
+//!     fn new_state(&self) -> Self::State { Vec::new() }
+//!     fn forward(&self, state: &mut Vec<TokenId>, tokens: &[TokenId], logits: &mut [f32])
+//!         -> Result<(), ModelError> {
+//!         self.0.check_forward(state.len(), tokens, logits.len())?;
+//!         state.extend_from_slice(tokens);
+//!         logits.fill(0.0);
+//!         let last = *tokens.last().unwrap() as usize;
+//!         logits[(last + 1) % self.0.vocab_size] = 10.0;
+//!         Ok(())
+//!     }
+//!     fn position(&self, state: &Vec<TokenId>) -> usize { state.len() }
+//!     fn truncate(&self, state: &mut Vec<TokenId>, len: usize) -> Result<(), ModelError> {
+//!         if len > state.len() {
+//!             return Err(ModelError::TruncateBeyondEnd { len, position: state.len() });
+//!         }
+//!         state.truncate(len);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let model = Counter(ModelInfo::new("counter", 8, 16));
+//! let mut state = model.new_state();
+//! let mut logits = vec![0.0; 8];
+//! model.forward(&mut state, &[3], &mut logits).unwrap();
+//! assert_eq!(logits.iter().position(|&l| l == 10.0), Some(4));
+//! ```
+#![deny(missing_docs)]
+
+use thiserror::Error;
+
+/// A token id in a model's vocabulary.
+pub type TokenId = u32;
+
+/// Token ids with a special meaning to generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecialTokens {
+    /// Beginning of sequence, if the model uses one.
+    pub bos: Option<TokenId>,
+    /// End of sequence / end of text.
+    pub eos: Option<TokenId>,
+    /// Tokens that end an assistant turn (e.g. `<|im_end|>`); generation stops at any of them.
+    pub end_of_turn: Vec<TokenId>,
+    /// Padding, if any.
+    pub pad: Option<TokenId>,
+}
+
+impl SpecialTokens {
+    /// True when `token` ends generation (end of turn or end of sequence).
+    pub fn is_stop(&self, token: TokenId) -> bool {
+        self.eos == Some(token) || self.end_of_turn.contains(&token)
+    }
+}
+
+/// What a caller needs to know about a model to drive it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    /// A human-readable name.
+    pub name: String,
+    /// Number of logits `forward` writes.
+    pub vocab_size: usize,
+    /// Maximum number of positions a state can hold.
+    pub context_length: usize,
+    /// Special tokens.
+    pub special: SpecialTokens,
+}
+
+impl ModelInfo {
+    /// A `ModelInfo` with no special tokens.
+    pub fn new(name: impl Into<String>, vocab_size: usize, context_length: usize) -> Self {
+        Self {
+            name: name.into(),
+            vocab_size,
+            context_length,
+            special: SpecialTokens::default(),
+        }
+    }
+
+    /// The checks every `forward` implementation must make before touching its
+    /// state: non-empty input, token ids in range, a logits buffer of
+    /// `vocab_size`, and no overflow of the context window.
+    pub fn check_forward(
+        &self,
+        position: usize,
+        tokens: &[TokenId],
+        logits_len: usize,
+    ) -> Result<(), ModelError> {
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyInput);
+        }
+        if logits_len != self.vocab_size {
+            return Err(ModelError::LogitsLength {
+                expected: self.vocab_size,
+                got: logits_len,
+            });
+        }
+        if let Some((index, &token)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= self.vocab_size)
+        {
+            return Err(ModelError::TokenOutOfRange {
+                token,
+                index,
+                vocab_size: self.vocab_size,
+            });
+        }
+        let needed = position + tokens.len();
+        if needed > self.context_length {
+            return Err(ModelError::ContextOverflow {
+                position,
+                new_tokens: tokens.len(),
+                context_length: self.context_length,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Errors a [`Model`] reports. A failed call leaves the state as it was.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// `forward` was called with no tokens.
+    #[error("forward called with no tokens")]
+    EmptyInput,
+    /// A token id is not in the vocabulary.
+    #[error("token id {token} at input index {index} is out of range (vocabulary has {vocab_size} tokens)")]
+    TokenOutOfRange {
+        /// The offending id.
+        token: TokenId,
+        /// Its index in the input slice.
+        index: usize,
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
+    /// Appending the tokens would pass the context window.
+    #[error("context window exceeded: state holds {position} tokens, {new_tokens} more would pass the context length {context_length}")]
+    ContextOverflow {
+        /// Tokens already in the state.
+        position: usize,
+        /// Tokens the call tried to add.
+        new_tokens: usize,
+        /// The model's context length.
+        context_length: usize,
+    },
+    /// The logits buffer has the wrong length.
+    #[error("logits buffer holds {got} values, the model writes {expected}")]
+    LogitsLength {
+        /// `vocab_size`.
+        expected: usize,
+        /// The buffer's length.
+        got: usize,
+    },
+    /// `truncate` asked for a length longer than the state.
+    #[error("cannot truncate to {len} tokens: the state holds only {position}")]
+    TruncateBeyondEnd {
+        /// Requested length.
+        len: usize,
+        /// Current length.
+        position: usize,
+    },
+    /// The state was made by another model or is otherwise unusable with this one.
+    #[error("state does not belong to this model: {0}")]
+    ForeignState(String),
+    /// Anything else, with a message that says what and where.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A language model that appends tokens to per-sequence states.
+///
+/// One loaded model serves many states (sessions), possibly from several
+/// threads at once; all per-sequence data (KV cache, position, adapter choice)
+/// lives in [`Model::State`].
+pub trait Model: Send + Sync {
+    /// Per-sequence state: KV cache, position, chosen adapter.
+    type State: Send;
+
+    /// Vocabulary size, context length, special tokens.
+    fn info(&self) -> &ModelInfo;
+
+    /// A fresh, empty state.
+    fn new_state(&self) -> Self::State;
+
+    /// Append `tokens` to the sequence and write the logits of the last
+    /// position into `logits` (length `info().vocab_size`).
+    ///
+    /// On error the state is unchanged.
+    fn forward(
+        &self,
+        state: &mut Self::State,
+        tokens: &[TokenId],
+        logits: &mut [f32],
+    ) -> Result<(), ModelError>;
+
+    /// Number of tokens the state holds.
+    fn position(&self, state: &Self::State) -> usize;
+
+    /// Roll the state back to its first `len` tokens.
+    fn truncate(&self, state: &mut Self::State, len: usize) -> Result<(), ModelError>;
+}
+
+impl<M: Model + ?Sized> Model for &M {
+    type State = M::State;
+    fn info(&self) -> &ModelInfo {
+        (**self).info()
+    }
+    fn new_state(&self) -> Self::State {
+        (**self).new_state()
+    }
+    fn forward(
+        &self,
+        state: &mut Self::State,
+        tokens: &[TokenId],
+        logits: &mut [f32],
+    ) -> Result<(), ModelError> {
+        (**self).forward(state, tokens, logits)
+    }
+    fn position(&self, state: &Self::State) -> usize {
+        (**self).position(state)
+    }
+    fn truncate(&self, state: &mut Self::State, len: usize) -> Result<(), ModelError> {
+        (**self).truncate(state, len)
+    }
+}
+
+impl<M: Model + ?Sized> Model for std::sync::Arc<M> {
+    type State = M::State;
+    fn info(&self) -> &ModelInfo {
+        (**self).info()
+    }
+    fn new_state(&self) -> Self::State {
+        (**self).new_state()
+    }
+    fn forward(
+        &self,
+        state: &mut Self::State,
+        tokens: &[TokenId],
+        logits: &mut [f32],
+    ) -> Result<(), ModelError> {
+        (**self).forward(state, tokens, logits)
+    }
+    fn position(&self, state: &Self::State) -> usize {
+        (**self).position(state)
+    }
+    fn truncate(&self, state: &mut Self::State, len: usize) -> Result<(), ModelError> {
+        (**self).truncate(state, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_forward_reports_each_problem() {
+        let info = ModelInfo::new("t", 10, 4);
+        assert_eq!(info.check_forward(0, &[], 10), Err(ModelError::EmptyInput));
+        assert!(matches!(
+            info.check_forward(0, &[1, 10], 10),
+            Err(ModelError::TokenOutOfRange { token: 10, index: 1, .. })
+        ));
+        assert!(matches!(
+            info.check_forward(3, &[1, 2], 10),
+            Err(ModelError::ContextOverflow { position: 3, new_tokens: 2, .. })
+        ));
+        assert!(matches!(
+            info.check_forward(0, &[1], 9),
+            Err(ModelError::LogitsLength { expected: 10, got: 9 })
+        ));
+        assert_eq!(info.check_forward(2, &[1, 2], 10), Ok(()));
+    }
+}
