@@ -365,7 +365,9 @@ fn convert_cmd(input: &Path, output: &Path, preset: Preset, kv_share: Option<(us
     let mut m = twain_core::convert(loaded, preset, twain_core::ConvertOptions { kv_share, progress: Some(&mut cb), ..Default::default() })
         .map_err(|e| e.to_string())?;
     pb.finish_and_clear();
-    m.tokenizer_json = Some(json);
+    if m.gguf.is_none() {
+        m.tokenizer_json = Some(json);
+    }
     m.provenance.insert("twain.preset".into(), preset.name().into());
     m.provenance.insert("twain.source".into(), input.display().to_string());
     twain_io::write_native(output, &twain_io::NativeModel::from_loaded(&m), &mut |_| {}).map_err(|e| e.to_string())?;

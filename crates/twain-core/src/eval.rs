@@ -108,3 +108,44 @@ pub fn perplexity(
         base_perplexity: base.map(|_| (base_nll / n).exp()),
     })
 }
+
+/// Per-input-column importance of every linear layer (mean squared input
+/// activation), measured by running `model` over `tokens` in windows of
+/// `ctx`. Feed it to [`ConvertOptions::importance`](crate::ConvertOptions).
+pub fn calibrate(
+    model: &Transformer,
+    tokens: &[TokenId],
+    ctx: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<std::collections::BTreeMap<String, Vec<f32>>, ModelError> {
+    use std::collections::BTreeMap;
+    let mut sums: BTreeMap<String, (Vec<f64>, usize)> = BTreeMap::new();
+    let ctx = ctx.max(1).min(model.info().context_length);
+    let windows: Vec<&[TokenId]> = tokens.chunks(ctx).collect();
+    let mut logits = vec![0.0f32; model.info().vocab_size];
+    for (w, window) in windows.iter().enumerate() {
+        let mut state = model.new_state();
+        let mut observe = |name: &str, x: &[f32], cols: usize| {
+            let entry = sums.entry(name.to_string()).or_insert_with(|| (vec![0.0; cols], 0));
+            if entry.0.len() != cols {
+                return;
+            }
+            for row in x.chunks_exact(cols) {
+                for (s, &v) in entry.0.iter_mut().zip(row) {
+                    *s += (v as f64) * (v as f64);
+                }
+                entry.1 += 1;
+            }
+        };
+        model.forward_observed(&mut state, window, &mut logits, &mut observe)?;
+        progress(w + 1, windows.len());
+    }
+    Ok(sums
+        .into_iter()
+        .map(|(k, (s, n))| (k, s.into_iter().map(|v| (v / n.max(1) as f64) as f32).collect()))
+        .collect())
+}
+
+/// Default calibration text: Exodus 1-20 (King James Version, public
+/// domain), disjoint from the evaluation text (Genesis).
+pub const CALIBRATION_TEXT: &str = include_str!("../data/kjv-exodus-1-20.txt");

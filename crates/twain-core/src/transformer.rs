@@ -59,8 +59,8 @@ struct Layer {
 
 /// Inputs of the linear layers seen during a forward pass, for calibration
 /// (importance-weighted quantization): called with the tensor name and the
-/// n x cols input matrix.
-pub type Observer<'a> = &'a mut dyn FnMut(&str, &[f32]);
+/// n x cols input matrix and cols.
+pub type Observer<'a> = &'a mut dyn FnMut(&str, &[f32], usize);
 
 /// A Llama-family decoder in any twain weight format, with a KV-sharing plan.
 pub struct Transformer {
@@ -87,6 +87,31 @@ pub struct State {
     pos: usize,
     caches: Vec<LayerCache>,
     tokens_processed: u64,
+    scratch: Scratch,
+}
+
+/// Activation buffers reused across layers and calls.
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    xb: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+}
+
+fn buf(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+thread_local! {
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl State {
@@ -425,7 +450,7 @@ impl Transformer {
         rms_norm(x, &self.final_norm, self.config.rms_eps, &mut normed);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         if let Some(o) = obs {
-            o(head.name(), &normed);
+            o(head.name(), &normed, d);
         }
         matmul(&head.matrix()?, &normed, logits, Parallelism::Rayon)?;
         Ok(())
@@ -449,14 +474,15 @@ impl Transformer {
         let q_dim = nh * hd;
         let kv_dim = nkv * hd;
         let eps = c.rms_eps;
+        let State { caches, scratch, .. } = state;
 
-        let mut xb = vec![0.0f32; n * d];
+        let xb = buf(&mut scratch.xb, n * d);
         for i in 0..n {
             rms_norm(&x[i * d..(i + 1) * d], &layer.attn_norm, eps, &mut xb[i * d..(i + 1) * d]);
         }
-        let mut q = vec![0.0f32; n * q_dim];
-        linear(&layer.wq, &xb, &mut q, obs)?;
-        add_bias(&mut q, layer.bq.as_deref());
+        let q = buf(&mut scratch.q, n * q_dim);
+        linear(&layer.wq, xb, q, obs)?;
+        add_bias(q, layer.bq.as_deref());
         let scale = 1.0 / (hd as f32).sqrt();
         for i in 0..n {
             for h in 0..nh {
@@ -468,15 +494,14 @@ impl Transformer {
                 qh.iter_mut().for_each(|v| *v *= scale);
             }
         }
-        if layer.owns_kv {
-            let (wk, wv) = (layer.wk.as_ref().expect("owning layer has K"), layer.wv.as_ref().expect("owning layer has V"));
-            let mut k = vec![0.0f32; n * kv_dim];
-            let mut v = vec![0.0f32; n * kv_dim];
-            linear(wk, &xb, &mut k, obs)?;
-            linear(wv, &xb, &mut v, obs)?;
-            add_bias(&mut k, layer.bk.as_deref());
-            add_bias(&mut v, layer.bv.as_deref());
-            let cache = &mut state.caches[layer.cache];
+        if let (Some(wk), Some(wv)) = (layer.wk.as_ref(), layer.wv.as_ref()) {
+            let k = buf(&mut scratch.k, n * kv_dim);
+            let v = buf(&mut scratch.v, n * kv_dim);
+            linear(wk, xb, k, obs)?;
+            linear(wv, xb, v, obs)?;
+            add_bias(k, layer.bk.as_deref());
+            add_bias(v, layer.bv.as_deref());
+            let cache = &mut caches[layer.cache];
             debug_assert_eq!(cache.len(), p0);
             for i in 0..n {
                 let ki = &mut k[i * kv_dim..(i + 1) * kv_dim];
@@ -491,40 +516,44 @@ impl Transformer {
             }
         }
         // Attention: every (row, head) pair independently.
-        let cache = &state.caches[layer.cache];
+        let cache = &caches[layer.cache];
         let group = nh / nkv;
-        let mut att = vec![0.0f32; n * q_dim];
+        let att = buf(&mut scratch.att, n * q_dim);
         let max_len = p0 + n;
         let work = n * nh * max_len * hd;
-        let job = |scores: &mut Vec<f32>, (idx, out): (usize, &mut [f32])| {
+        let q = &*q;
+        let job = |(idx, out): (usize, &mut [f32])| {
             let (i, h) = (idx / nh, idx % nh);
             let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-            cache.attend(qh, h / group, p0 + i, scores, out);
+            SCORES.with(|s| {
+                let mut scores = s.borrow_mut();
+                if scores.len() < max_len {
+                    scores.resize(max_len, 0.0);
+                }
+                cache.attend(qh, h / group, p0 + i, &mut scores, out);
+            });
         };
         if work > 1 << 16 {
-            att.par_chunks_mut(hd)
-                .enumerate()
-                .for_each_init(|| vec![0.0f32; max_len], job);
+            att.par_chunks_mut(hd).enumerate().for_each(job);
         } else {
-            let mut scores = vec![0.0f32; max_len];
-            att.chunks_mut(hd).enumerate().for_each(|item| job(&mut scores, item));
+            att.chunks_mut(hd).enumerate().for_each(job);
         }
-        let mut o = vec![0.0f32; n * d];
-        linear(&layer.wo, &att, &mut o, obs)?;
-        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        let o = buf(&mut scratch.o, n * d);
+        linear(&layer.wo, att, o, obs)?;
+        x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
 
         // SwiGLU FFN.
         for i in 0..n {
             rms_norm(&x[i * d..(i + 1) * d], &layer.ffn_norm, eps, &mut xb[i * d..(i + 1) * d]);
         }
         let f = c.ffn_hidden;
-        let mut g = vec![0.0f32; n * f];
-        let mut u = vec![0.0f32; n * f];
-        linear(&layer.w_gate, &xb, &mut g, obs)?;
-        linear(&layer.w_up, &xb, &mut u, obs)?;
-        g.iter_mut().zip(&u).for_each(|(a, b)| *a = silu(*a) * b);
-        linear(&layer.w_down, &g, &mut o, obs)?;
-        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        let g = buf(&mut scratch.g, n * f);
+        let u = buf(&mut scratch.u, n * f);
+        linear(&layer.w_gate, xb, g, obs)?;
+        linear(&layer.w_up, xb, u, obs)?;
+        g.iter_mut().zip(u.iter()).for_each(|(a, b)| *a = silu(*a) * b);
+        linear(&layer.w_down, g, o, obs)?;
+        x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
         Ok(())
     }
 }
@@ -543,7 +572,7 @@ fn missing(prefix: &str, name: &str) -> CoreError {
 
 fn linear(w: &Tensor, x: &[f32], y: &mut [f32], obs: &mut Option<Observer<'_>>) -> Result<(), CoreError> {
     if let Some(o) = obs {
-        o(w.name(), x);
+        o(w.name(), x, w.shape().get(1).copied().unwrap_or(x.len()));
     }
     matmul(&w.matrix()?, x, y, Parallelism::Rayon)?;
     Ok(())
@@ -622,6 +651,7 @@ impl Model for Transformer {
                 .map(|_| LayerCache::new(self.opts.kv_dtype, self.config.n_kv_heads, self.config.head_dim))
                 .collect(),
             tokens_processed: 0,
+            scratch: Scratch::default(),
         }
     }
 

@@ -202,7 +202,11 @@ pub fn default_model_path(
         },
     )
     .map_err(load_err)?;
-    converted.tokenizer_json = Some(tokenizer_json);
+    if converted.gguf.is_none() {
+        // GGUF sources keep their tokenizer.* keys in the native file (with
+        // the special-token ids); others store tokenizer.json.
+        converted.tokenizer_json = Some(tokenizer_json);
+    }
     converted
         .provenance
         .insert("twain.preset".into(), preset.name().into());
