@@ -48,16 +48,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("calibrated on {} tokens in {:.1} s", calib_tokens.len().min(8192), t.elapsed().as_secs_f64());
 
     let mut variants = Vec::new();
+    let only: Option<String> = std::env::var("QUALITY_ONLY").ok();
     let specs: Vec<(&str, Preset, bool, Option<(usize, usize)>, KvDtype)> = vec![
         ("f32 weights, int8 KV cache", Preset::F32, false, None, KvDtype::Int8),
         ("q8", Preset::Q8, false, None, KvDtype::Int8),
         ("q4", Preset::Q4, false, None, KvDtype::Int8),
+        ("q4, q8 embeddings", Preset::Q4, false, None, KvDtype::Int8),
+        ("afm (2-bit), q8 embeddings", Preset::Afm, false, None, KvDtype::Int8),
+        ("f32, q4 embeddings", Preset::F32, false, None, KvDtype::Int8),
         ("q4 + importance", Preset::Q4, true, None, KvDtype::Int8),
         ("afm (2-bit)", Preset::Afm, false, None, KvDtype::Int8),
         ("afm (2-bit) + importance", Preset::Afm, true, None, KvDtype::Int8),
         ("f32, KV share 5:3 retrofit", Preset::F32, false, Some((5, 3)), KvDtype::F32),
     ];
     for (name, preset, imp, share, kv) in specs {
+        if only.as_ref().is_some_and(|o| !o.split(';').any(|x| x == name)) {
+            continue;
+        }
+        let embedding_format = if name.contains("q8 embeddings") {
+            Some(twain_quant::QuantFormat::Q8)
+        } else if name.contains("q4 embeddings") {
+            Some(twain_quant::QuantFormat::Q4)
+        } else {
+            None
+        };
         let m = twain_io::load_model(gguf)?;
         let m = convert(
             m,
@@ -66,6 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 kv_share: share,
                 importance: if imp { importance.clone() } else { BTreeMap::new() },
                 progress: None,
+                embedding_format,
             },
         )?;
         let model = Transformer::from_loaded(m, TransformerOptions { kv_dtype: kv, ..Default::default() })?;

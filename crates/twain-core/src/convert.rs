@@ -108,6 +108,8 @@ pub struct ConvertOptions<'a> {
     pub importance: BTreeMap<String, Vec<f32>>,
     /// Called after each tensor with (done, total, name).
     pub progress: Option<&'a mut dyn FnMut(usize, usize, &str)>,
+    /// Override the preset's format for the embedding table / LM head.
+    pub embedding_format: Option<QuantFormat>,
 }
 
 /// Re-quantize every tensor of `model` per `preset` (and retrofit a plan).
@@ -121,7 +123,12 @@ pub fn convert(mut model: LoadedModel, preset: Preset, mut opts: ConvertOptions<
     for (i, name) in names.iter().enumerate() {
         let t = &model.tensors[name];
         let shape = t.shape().to_vec();
-        let target = preset.format_for(name, &shape);
+        let mut target = preset.format_for(name, &shape);
+        if let Some(f) = opts.embedding_format {
+            if (name == "token_embd.weight" || name == "output.weight") && f.row_bytes(shape[1]).is_ok() {
+                target = f;
+            }
+        }
         if t.format() != target {
             let data = t.to_f32()?;
             let new = if target == QuantFormat::F32 || shape.len() != 2 {
