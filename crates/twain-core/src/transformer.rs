@@ -273,7 +273,14 @@ impl Transformer {
             context_length,
             special: SpecialTokens::default(),
         };
-        let inv_freq = rope::inv_freqs(hd, c.rope_theta, c.rope_scaling);
+        let mut inv_freq = rope::inv_freqs(hd, c.rope_theta, c.rope_scaling);
+        // Llama 3.1 GGUFs carry their RoPE scaling as per-frequency divisors.
+        if let Some(t) = take_opt(&mut model, "rope_freqs.weight") {
+            let f = vector(t, hd / 2)?;
+            for (a, b) in inv_freq.iter_mut().zip(&f) {
+                *a /= b;
+            }
+        }
         Ok(Self {
             config: c,
             info,

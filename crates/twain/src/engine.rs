@@ -16,6 +16,10 @@ use crate::{Error, Session};
 /// Q4_0's on this model (see docs/quality.md).
 pub const DEFAULT_PRESET: Preset = Preset::Q4;
 
+/// Bumped whenever a conversion of the default model would produce different
+/// bytes (format layouts, quantizer changes), so stale caches are not reused.
+pub const DEFAULT_CACHE_VERSION: u32 = 1;
+
 /// How to load a model.
 pub struct LoadOptions<'a> {
     /// Re-quantize GGUF / Hugging Face weights (or a native file) with this
@@ -185,7 +189,10 @@ pub fn default_model_path(
     progress: Option<&mut dyn FnMut(usize, usize, &str)>,
 ) -> Result<PathBuf, Error> {
     let dir = twain_io::fetch::cache_dir();
-    let path = dir.join(format!("smollm2-135m-instruct-{}.twain", preset.name()));
+    let path = dir.join(format!(
+        "smollm2-135m-instruct-{}-v{DEFAULT_CACHE_VERSION}.twain",
+        preset.name()
+    ));
     if path.exists() {
         return Ok(path);
     }
