@@ -1,0 +1,698 @@
+//! AVX2 + FMA + F16C kernels.
+//!
+//! Quantized rows run one block (32 weights) per step: codes are unpacked to
+//! 32 unsigned bytes, multiplied with the int8 activations by `vpmaddubsw` +
+//! `vpmaddwd` into 8 int32 lanes seeded with the block's offset term (see
+//! [`super::ActPanel`]), converted to f32 and scaled by the block's
+//! weight-times-activation scale. Four rows are interleaved to hide latency.
+
+// Register tiles are indexed by (row, column) in several arrays at once.
+#![allow(clippy::needless_range_loop)]
+use super::scalar::q2_row_layout;
+use super::{gemv_via, scalar, ActPanel, Backend, Kernels, OutTile, PairOrder, PanelKind};
+use crate::blocks::{f16_to_f32, scales_bytes, Q8ActBlock, Q2_ROW_HEADER, QK};
+use crate::QuantFormat;
+use std::arch::x86_64::*;
+
+/// Whether this CPU has AVX2, FMA and F16C.
+pub fn is_supported() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+}
+
+/// The AVX2 table.
+pub static KERNELS: Kernels = Kernels {
+    backend: Backend::Avx2,
+    q2_q8,
+    q4_q8,
+    q8_q8,
+    q2_f32,
+    q4_f32,
+    q8_f32,
+    f32_f32,
+    f16_f32,
+    quantize_act,
+    dot_f32,
+    axpy_f32,
+    dot_i8_f32,
+    axpy_i8,
+    q2_gemm,
+    q4_gemm,
+    q8_gemm,
+    panel,
+    f32_gemm: None,
+    f16_gemm: None,
+};
+
+fn check() {
+    assert!(
+        is_supported(),
+        "AVX2 kernels called on a CPU without AVX2/FMA/F16C"
+    );
+}
+
+fn panel(f: QuantFormat) -> PanelKind {
+    match f {
+        // Doubled codes: the offset term -1.5 sum becomes -3 sum; 0.5 goes into dx.
+        QuantFormat::Q2 => PanelKind::Simd {
+            corr: -3,
+            dx_mul: 0.5,
+            order: PairOrder::Natural,
+        },
+        QuantFormat::Q4 => PanelKind::Simd {
+            corr: -8,
+            dx_mul: 1.0,
+            order: PairOrder::Natural,
+        },
+        // Signed x signed via the sign trick: no offset term.
+        QuantFormat::Q8 => PanelKind::Simd {
+            corr: 0,
+            dx_mul: 1.0,
+            order: PairOrder::Natural,
+        },
+        _ => PanelKind::Blocks,
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// A quantized row format as the AVX2 kernels see it (one block per step).
+trait Fmt {
+    fn row_bytes(cols: usize) -> usize;
+    /// Factor applied to the row's sum (Q2: the row scale `d`).
+    unsafe fn row_scale(row: *const u8) -> f32;
+    /// Weight scale of block `b`.
+    unsafe fn scale(row: *const u8, cols: usize, b: usize) -> f32;
+    /// 8 int32 partial sums of block `b`'s codes times the 32 int8 values `x`.
+    unsafe fn dot(row: *const u8, cols: usize, b: usize, x: __m256i) -> __m256i;
+    /// Block `b`'s 32 values before scaling, as 4 x 8 floats in element order.
+    unsafe fn values(row: *const u8, cols: usize, b: usize) -> [__m256; 4];
+}
+
+/// The 32 bytes of `v` as 4 x 8 f32 (signed or unsigned).
+#[inline(always)]
+unsafe fn bytes_to_f32<const SIGNED: bool>(v: __m256i) -> [__m256; 4] {
+    let lo = _mm256_castsi256_si128(v);
+    let hi = _mm256_extracti128_si256::<1>(v);
+    let cvt = |q: __m128i| {
+        let i = if SIGNED {
+            _mm256_cvtepi8_epi32(q)
+        } else {
+            _mm256_cvtepu8_epi32(q)
+        };
+        _mm256_cvtepi32_ps(i)
+    };
+    [
+        cvt(lo),
+        cvt(_mm_srli_si128::<8>(lo)),
+        cvt(hi),
+        cvt(_mm_srli_si128::<8>(hi)),
+    ]
+}
+
+struct Q2F;
+struct Q4F;
+struct Q8F;
+
+impl Fmt for Q2F {
+    fn row_bytes(cols: usize) -> usize {
+        q2_row_layout(cols).2
+    }
+
+    #[inline(always)]
+    unsafe fn row_scale(row: *const u8) -> f32 {
+        // SAFETY: the row starts with its 4-byte scale.
+        f32::from_le_bytes(unsafe { *(row as *const [u8; 4]) })
+    }
+
+    #[inline(always)]
+    unsafe fn scale(row: *const u8, cols: usize, b: usize) -> f32 {
+        // SAFETY: the sub-scale byte of block b is inside the row.
+        let v = unsafe { *row.add(q2_row_layout(cols).1 + b / 2) };
+        ((v >> (4 * (b % 2))) & 15) as f32
+    }
+
+    #[inline(always)]
+    unsafe fn dot(row: *const u8, _cols: usize, b: usize, x: __m256i) -> __m256i {
+        // SAFETY: the 8 code bytes of block b are inside the row.
+        unsafe {
+            let q = (row.add(Q2_ROW_HEADER + b * 8) as *const u64).read_unaligned();
+            let c = _mm256_srlv_epi64(_mm256_set1_epi64x(q as i64), _mm256_set_epi64x(6, 4, 2, 0));
+            let c = _mm256_and_si256(c, _mm256_set1_epi8(3));
+            let u = _mm256_add_epi8(c, c);
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn values(row: *const u8, _cols: usize, b: usize) -> [__m256; 4] {
+        // SAFETY: the 8 code bytes of block b are inside the row.
+        unsafe {
+            let q = (row.add(Q2_ROW_HEADER + b * 8) as *const u64).read_unaligned();
+            let c = _mm256_srlv_epi64(_mm256_set1_epi64x(q as i64), _mm256_set_epi64x(6, 4, 2, 0));
+            let v = bytes_to_f32::<false>(_mm256_and_si256(c, _mm256_set1_epi8(3)));
+            v.map(|v| _mm256_sub_ps(v, _mm256_set1_ps(1.5)))
+        }
+    }
+}
+
+impl Fmt for Q4F {
+    fn row_bytes(cols: usize) -> usize {
+        cols / QK * 18
+    }
+
+    #[inline(always)]
+    unsafe fn row_scale(_row: *const u8) -> f32 {
+        1.0
+    }
+
+    #[inline(always)]
+    unsafe fn scale(row: *const u8, _cols: usize, b: usize) -> f32 {
+        // SAFETY: the row starts with its f16 scales.
+        f16_to_f32(unsafe { (row.add(2 * b) as *const u16).read_unaligned() })
+    }
+
+    #[inline(always)]
+    unsafe fn dot(row: *const u8, cols: usize, b: usize, x: __m256i) -> __m256i {
+        // SAFETY: the 16 code bytes of block b are inside the row.
+        unsafe {
+            let q = _mm_loadu_si128(row.add(scales_bytes(cols / QK) + 16 * b) as *const __m128i);
+            let u = _mm256_and_si256(
+                _mm256_set_m128i(_mm_srli_epi16(q, 4), q),
+                _mm256_set1_epi8(0x0f),
+            );
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+        }
+    }
+    #[inline(always)]
+    unsafe fn values(row: *const u8, cols: usize, b: usize) -> [__m256; 4] {
+        // SAFETY: the 16 code bytes of block b are inside the row.
+        unsafe {
+            let q = _mm_loadu_si128(row.add(scales_bytes(cols / QK) + 16 * b) as *const __m128i);
+            let u = _mm256_and_si256(
+                _mm256_set_m128i(_mm_srli_epi16(q, 4), q),
+                _mm256_set1_epi8(0x0f),
+            );
+            bytes_to_f32::<false>(u).map(|v| _mm256_sub_ps(v, _mm256_set1_ps(8.0)))
+        }
+    }
+}
+
+impl Fmt for Q8F {
+    fn row_bytes(cols: usize) -> usize {
+        cols / QK * 34
+    }
+
+    #[inline(always)]
+    unsafe fn row_scale(_row: *const u8) -> f32 {
+        1.0
+    }
+
+    #[inline(always)]
+    unsafe fn scale(row: *const u8, _cols: usize, b: usize) -> f32 {
+        // SAFETY: the row starts with its f16 scales.
+        f16_to_f32(unsafe { (row.add(2 * b) as *const u16).read_unaligned() })
+    }
+
+    #[inline(always)]
+    unsafe fn dot(row: *const u8, cols: usize, b: usize, x: __m256i) -> __m256i {
+        // SAFETY: the 32 value bytes of block b are inside the row.
+        unsafe {
+            let q = _mm256_loadu_si256(row.add(scales_bytes(cols / QK) + 32 * b) as *const __m256i);
+            // |w| (unsigned) times x with w's sign: exact, |w| <= 127.
+            let s = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+            _mm256_madd_epi16(s, _mm256_set1_epi16(1))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn values(row: *const u8, cols: usize, b: usize) -> [__m256; 4] {
+        // SAFETY: the 32 value bytes of block b are inside the row.
+        unsafe {
+            let q = _mm256_loadu_si256(row.add(scales_bytes(cols / QK) + 32 * b) as *const __m256i);
+            bytes_to_f32::<true>(q)
+        }
+    }
+}
+
+/// `R` rows times `C` panel columns from `j0`, one f32 accumulator each.
+#[inline(always)]
+unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
+    w: *const u8,
+    cols: usize,
+    p: &ActPanel,
+    j0: usize,
+    out: &OutTile<'_>,
+    r0: usize,
+) {
+    let nb = cols / QK;
+    let rb = F::row_bytes(cols);
+    // SAFETY: whole rows (caller), panel reads inside its padded columns, the
+    // caller owns rows r0 .. r0 + R of `out`.
+    unsafe {
+        let row = |r: usize| w.add(r * rb);
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for b in 0..nb {
+            let mut seed = [_mm256_setzero_si256(); C];
+            let mut x = [_mm256_setzero_si256(); C];
+            let mut dx = [0.0f32; C];
+            for c in 0..C {
+                seed[c] = _mm256_loadu_si256(p.seed(j0 + c).add(b * 8) as *const __m256i);
+                x[c] = _mm256_loadu_si256(p.xs(j0 + c).add(b * QK) as *const __m256i);
+                dx[c] = p.dx(j0 + c)[b];
+            }
+            for r in 0..R {
+                let ws = F::scale(row(r), cols, b);
+                for c in 0..C {
+                    let s = _mm256_add_epi32(F::dot(row(r), cols, b, x[c]), seed[c]);
+                    acc[r][c] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(s),
+                        _mm256_set1_ps(ws * dx[c]),
+                        acc[r][c],
+                    );
+                }
+            }
+        }
+        for r in 0..R {
+            let d = F::row_scale(row(r));
+            for c in 0..C {
+                out.put(j0 + c, r0 + r, d * hsum(acc[r][c]));
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm<F: Fmt>(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
+    let rb = F::row_bytes(cols);
+    let rows = w.len() / rb;
+    let n = p.n();
+    let base = w.as_ptr();
+    // SAFETY: every tile gets whole rows inside `w` and columns inside the panel;
+    // the caller owns rows r0 .. r0 + rows of `out`.
+    unsafe {
+        if n == 1 {
+            let mut r = 0;
+            while r + 4 <= rows {
+                tile::<F, 4, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
+                r += 4;
+            }
+            while r < rows {
+                tile::<F, 1, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
+                r += 1;
+            }
+            return;
+        }
+        // Column groups outermost: a group's activations stay in L1 while every
+        // row of this call passes over them.
+        let mut j = 0;
+        while j + 4 <= n {
+            for r in 0..rows {
+                tile::<F, 1, 4>(base.add(r * rb), cols, p, j, out, r0 + r);
+            }
+            j += 4;
+        }
+        while j < n {
+            for r in 0..rows {
+                tile::<F, 1, 1>(base.add(r * rb), cols, p, j, out, r0 + r);
+            }
+            j += 1;
+        }
+    }
+}
+
+/// # Safety
+/// See [`super::GemmFn`].
+unsafe fn q2_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
+    check();
+    // SAFETY: features checked; contract forwarded.
+    unsafe { gemm::<Q2F>(w, cols, p, out, r0) }
+}
+
+/// # Safety
+/// See [`super::GemmFn`].
+unsafe fn q4_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
+    check();
+    // SAFETY: features checked; contract forwarded.
+    unsafe { gemm::<Q4F>(w, cols, p, out, r0) }
+}
+
+/// # Safety
+/// See [`super::GemmFn`].
+unsafe fn q8_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
+    check();
+    // SAFETY: features checked; contract forwarded.
+    unsafe { gemm::<Q8F>(w, cols, p, out, r0) }
+}
+
+/// Q2 rows against int8 activations.
+pub fn q2_q8(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && act.len() == cols / QK
+            && rows.len() == out.len() * Q2F::row_bytes(cols)
+    );
+    gemv_via(q2_gemm, panel(QuantFormat::Q2), rows, cols, act, out);
+}
+
+/// Q4 rows against int8 activations.
+pub fn q4_q8(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && act.len() == cols / QK
+            && rows.len() == out.len() * Q4F::row_bytes(cols)
+    );
+    gemv_via(q4_gemm, panel(QuantFormat::Q4), rows, cols, act, out);
+}
+
+/// Q8 rows against int8 activations.
+pub fn q8_q8(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && act.len() == cols / QK
+            && rows.len() == out.len() * Q8F::row_bytes(cols)
+    );
+    gemv_via(q8_gemm, panel(QuantFormat::Q8), rows, cols, act, out);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn deq_rows<F: Fmt>(w: &[u8], cols: usize, x: &[f32], out: &mut [f32]) {
+    let rb = F::row_bytes(cols);
+    // SAFETY: whole rows of `w` (checked by the caller) and 32 floats of `x` per block.
+    unsafe {
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+            let rp = row.as_ptr();
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for b in 0..cols / QK {
+                let v = F::values(rp, cols, b);
+                let s = _mm256_set1_ps(F::scale(rp, cols, b));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_loadu_ps(x.as_ptr().add(b * QK + 8 * i));
+                    *a = _mm256_fmadd_ps(_mm256_mul_ps(v[i], s), xv, *a);
+                }
+            }
+            let t = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            *o = F::row_scale(rp) * hsum(t);
+        }
+    }
+}
+
+/// Q2 rows against f32 activations (weights expanded to f32 on the fly).
+pub fn q2_f32(rows: &[u8], cols: usize, x: &[f32], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && x.len() == cols
+            && rows.len() == out.len() * Q2F::row_bytes(cols)
+    );
+    // SAFETY: features and sizes checked.
+    unsafe { deq_rows::<Q2F>(rows, cols, x, out) }
+}
+
+/// Q4 rows against f32 activations.
+pub fn q4_f32(rows: &[u8], cols: usize, x: &[f32], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && x.len() == cols
+            && rows.len() == out.len() * Q4F::row_bytes(cols)
+    );
+    // SAFETY: features and sizes checked.
+    unsafe { deq_rows::<Q4F>(rows, cols, x, out) }
+}
+
+/// Q8 rows against f32 activations.
+pub fn q8_f32(rows: &[u8], cols: usize, x: &[f32], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && x.len() == cols
+            && rows.len() == out.len() * Q8F::row_bytes(cols)
+    );
+    // SAFETY: features and sizes checked.
+    unsafe { deq_rows::<Q8F>(rows, cols, x, out) }
+}
+
+/// Quantize activations into int8 blocks, bit-identical to
+/// [`super::scalar::quantize_act`]; false if `x` holds NaN or inf.
+pub fn quantize_act(x: &[f32], out: &mut [Q8ActBlock]) -> bool {
+    check();
+    assert_eq!(x.len(), out.len() * QK);
+    // SAFETY: features checked; sizes checked.
+    unsafe { quantize_act_impl(x, out) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_act_impl(x: &[f32], out: &mut [Q8ActBlock]) -> bool {
+    let mut finite = -1i32;
+    for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        // SAFETY: 32 floats per block, 32 bytes stored to `qs`.
+        unsafe {
+            let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xs.as_ptr().add(8 * i)));
+            let z = _mm256_setzero_ps();
+            let sign = _mm256_set1_ps(-0.0);
+            let mut m = _mm256_setzero_ps();
+            for v in &v {
+                // x - x is 0 exactly for finite x, NaN otherwise.
+                finite &= _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_sub_ps(*v, *v), z))
+                    | !0xff;
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *v));
+            }
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+            let d = scalar::act_scale(_mm_cvtss_f32(m));
+            let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+            // Round to nearest even (the MXCSR default), as the scalar reference.
+            let q: [__m256i; 4] = std::array::from_fn(|i| {
+                _mm256_cvtps_epi32(_mm256_min_ps(
+                    _mm256_max_ps(_mm256_mul_ps(v[i], id), lo),
+                    hi,
+                ))
+            });
+            let p = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let p = _mm256_permutevar8x32_epi32(p, _mm256_set_epi32(7, 3, 6, 2, 5, 1, 4, 0));
+            _mm256_storeu_si256(blk.qs.as_mut_ptr() as *mut __m256i, p);
+            let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            blk.d = d;
+            blk.sum = _mm_cvtsi128_si32(s);
+        }
+    }
+    finite == -1
+}
+
+/// f32 rows against f32 activations.
+pub fn f32_f32(rows: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
+    check();
+    assert!(x.len() == cols && rows.len() == out.len() * cols);
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(cols)) {
+        // SAFETY: features checked; equal lengths.
+        *o = unsafe { dot_impl(row, x) };
+    }
+}
+
+/// `sum a[i] * b[i]`.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    check();
+    assert_eq!(a.len(), b.len());
+    // SAFETY: features checked; equal lengths.
+    unsafe { dot_impl(a, b) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: vector loads only while i + 32 <= n / i + 8 <= n; the tail is scalar.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let j = i + 8 * k;
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(j)), _mm256_loadu_ps(pb.add(j)), *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
+            i += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut t = hsum(s);
+        while i < n {
+            t += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        t
+    }
+}
+
+/// f16 rows against f32 activations.
+pub fn f16_f32(rows: &[u16], cols: usize, x: &[f32], out: &mut [f32]) {
+    check();
+    assert!(x.len() == cols && rows.len() == out.len() * cols);
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(cols)) {
+        // SAFETY: features checked; equal lengths.
+        *o = unsafe { dot_f16_impl(row, x) };
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_impl(h: &[u16], x: &[f32]) -> f32 {
+    let n = h.len();
+    let (ph, px) = (h.as_ptr(), x.as_ptr());
+    // SAFETY: vector loads only while i + 16 <= n / i + 8 <= n; the tail is scalar.
+    unsafe {
+        let mut a0 = _mm256_setzero_ps();
+        let mut a1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(ph.add(i) as *const __m128i));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(ph.add(i + 8) as *const __m128i));
+            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(px.add(i)), a0);
+            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(px.add(i + 8)), a1);
+            i += 16;
+        }
+        while i + 8 <= n {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(ph.add(i) as *const __m128i));
+            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(px.add(i)), a0);
+            i += 8;
+        }
+        let mut t = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            t += f16_to_f32(*ph.add(i)) * *px.add(i);
+            i += 1;
+        }
+        t
+    }
+}
+
+/// `y[i] += alpha * x[i]` (multiply then add, bit-identical to the scalar reference).
+pub fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
+    check();
+    assert_eq!(x.len(), y.len());
+    // SAFETY: features checked; equal lengths.
+    unsafe { axpy_impl(alpha, x, y) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_impl(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len();
+    let mut i = 0;
+    // SAFETY: vector accesses only while i + 8 <= n.
+    unsafe {
+        let a = _mm256_set1_ps(alpha);
+        while i + 8 <= n {
+            let py = y.as_mut_ptr().add(i);
+            let v = _mm256_add_ps(
+                _mm256_loadu_ps(py),
+                _mm256_mul_ps(a, _mm256_loadu_ps(x.as_ptr().add(i))),
+            );
+            _mm256_storeu_ps(py, v);
+            i += 8;
+        }
+    }
+    for j in i..n {
+        y[j] += alpha * x[j];
+    }
+}
+
+/// `sum q[i] * x[i]` (no scale).
+pub fn dot_i8_f32(q: &[i8], x: &[f32]) -> f32 {
+    check();
+    assert_eq!(q.len(), x.len());
+    // SAFETY: features checked; equal lengths.
+    unsafe { dot_i8_impl(q, x) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_i8_impl(q: &[i8], x: &[f32]) -> f32 {
+    let n = q.len();
+    let mut i = 0;
+    // SAFETY: 8-byte / 8-float loads only while i + 8 <= n; the tail is scalar.
+    unsafe {
+        let mut a0 = _mm256_setzero_ps();
+        let mut a1 = _mm256_setzero_ps();
+        while i + 16 <= n {
+            let q0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(q.as_ptr().add(i) as *const __m128i));
+            let q1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(q.as_ptr().add(i + 8) as *const __m128i));
+            a0 = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(q0),
+                _mm256_loadu_ps(x.as_ptr().add(i)),
+                a0,
+            );
+            a1 = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(q1),
+                _mm256_loadu_ps(x.as_ptr().add(i + 8)),
+                a1,
+            );
+            i += 16;
+        }
+        while i + 8 <= n {
+            let q0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(q.as_ptr().add(i) as *const __m128i));
+            a0 = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(q0),
+                _mm256_loadu_ps(x.as_ptr().add(i)),
+                a0,
+            );
+            i += 8;
+        }
+        let mut t = hsum(_mm256_add_ps(a0, a1));
+        for j in i..n {
+            t += q[j] as f32 * x[j];
+        }
+        t
+    }
+}
+
+/// `y[i] += alpha * q[i]` (multiply then add, bit-identical to the scalar reference).
+pub fn axpy_i8(alpha: f32, q: &[i8], y: &mut [f32]) {
+    check();
+    assert_eq!(q.len(), y.len());
+    // SAFETY: features checked; equal lengths.
+    unsafe { axpy_i8_impl(alpha, q, y) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_i8_impl(alpha: f32, q: &[i8], y: &mut [f32]) {
+    let n = q.len();
+    let mut i = 0;
+    // SAFETY: vector accesses only while i + 8 <= n.
+    unsafe {
+        let a = _mm256_set1_ps(alpha);
+        while i + 8 <= n {
+            let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                q.as_ptr().add(i) as *const __m128i
+            )));
+            let py = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(py, _mm256_add_ps(_mm256_loadu_ps(py), _mm256_mul_ps(a, v)));
+            i += 8;
+        }
+    }
+    for j in i..n {
+        y[j] += alpha * q[j] as f32;
+    }
+}

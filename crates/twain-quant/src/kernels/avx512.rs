@@ -1,0 +1,860 @@
+//! AVX-512 (F, BW, VL) + VNNI kernels.
+//!
+//! The quantized kernels share one scheme: two blocks (64 weights) are
+//! unpacked into 64 unsigned bytes `u`, multiplied with the 64 int8
+//! activations by `vpdpbusd` into 16 int32 lanes (8 per block), whose
+//! accumulator starts at the block's offset term (`-3 sum` for Q2 with doubled
+//! codes, `-8 sum` for Q4, `-128 sum` for Q8 with codes biased to unsigned) in
+//! lane 0; the lanes are converted to f32 and multiplied by the per-block scale
+//! (broadcast to the block's 8 lanes by `vpermps`) into one f32 accumulator.
+
+// Register tiles are indexed by (row, column) in several arrays at once.
+#![allow(clippy::needless_range_loop)]
+use super::scalar::q2_row_layout;
+use super::{gemv_via, ActPanel, Backend, Kernels, OutTile, PairOrder, PanelKind};
+use crate::blocks::{f16_to_f32, scales_bytes, Q8ActBlock, Q2_ROW_HEADER, QK};
+use crate::QuantFormat;
+use std::arch::x86_64::*;
+
+/// Whether this CPU has AVX-512 F/BW/VL/VNNI (and the AVX2 family's features).
+pub fn is_supported() -> bool {
+    super::avx2::is_supported()
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512vnni")
+}
+
+/// The AVX-512 table.
+pub static KERNELS: Kernels = Kernels {
+    backend: Backend::Avx512Vnni,
+    q2_q8,
+    q4_q8,
+    q8_q8,
+    f32_f32,
+    f16_f32,
+    dot_f32,
+    q2_gemm,
+    q4_gemm,
+    q8_gemm,
+    panel,
+    f32_gemm: Some(f32_gemm),
+    f16_gemm: Some(f16_gemm),
+    quantize_act,
+    q2_f32,
+    q4_f32,
+    q8_f32,
+    ..super::avx2::KERNELS
+};
+
+fn check() {
+    assert!(
+        is_supported(),
+        "AVX-512 VNNI kernels called on a CPU without them"
+    );
+}
+
+fn panel(f: QuantFormat) -> PanelKind {
+    match f {
+        // Codes are doubled (2c) so the offset term -1.5 sum becomes -3 sum.
+        QuantFormat::Q2 => PanelKind::Simd {
+            corr: -3,
+            dx_mul: 0.5,
+            order: Q2F::ORDER,
+        },
+        QuantFormat::Q4 => PanelKind::Simd {
+            corr: -8,
+            dx_mul: 1.0,
+            order: Q4F::ORDER,
+        },
+        // Weights are biased to unsigned (q + 128), so the offset term is -128 sum.
+        QuantFormat::Q8 => PanelKind::Simd {
+            corr: -128,
+            dx_mul: 1.0,
+            order: Q8F::ORDER,
+        },
+        _ => PanelKind::Blocks,
+    }
+}
+
+/// Lanes `0..m` set.
+#[inline]
+fn lanes(m: usize) -> __mmask16 {
+    if m >= 16 {
+        0xffff
+    } else {
+        ((1u32 << m) - 1) as __mmask16
+    }
+}
+
+/// A quantized row format as the AVX-512 kernels see it. All methods read
+/// inside one row of `cols` weights starting at `row`.
+trait Fmt {
+    /// Order in which `codes` returns a pair of blocks (the panel uses the same).
+    const ORDER: PairOrder;
+    /// Bytes per row.
+    fn row_bytes(cols: usize) -> usize;
+    /// Factor applied to the row's sum (Q2: the row scale `d`).
+    unsafe fn row_scale(row: *const u8) -> f32;
+    /// Weight scales of blocks `g0 .. g0 + m` (m <= 16) in lanes `0..m`, zeros above.
+    unsafe fn scales(row: *const u8, cols: usize, g0: usize, m: usize) -> __m512;
+    /// Unsigned codes of blocks `b` and `b + 1` (`b + 1 < nb`), or of block `b`
+    /// alone in the low half when `pair` is false (the high half must be finite
+    /// garbage-free: its scale lane is zero).
+    unsafe fn codes(row: *const u8, cols: usize, b: usize, pair: bool) -> __m512i;
+}
+
+struct Q2F;
+struct Q4F;
+struct Q8F;
+
+impl Fmt for Q2F {
+    const ORDER: PairOrder = PairOrder::Qword;
+
+    fn row_bytes(cols: usize) -> usize {
+        q2_row_layout(cols).2
+    }
+
+    #[inline(always)]
+    unsafe fn row_scale(row: *const u8) -> f32 {
+        // SAFETY: the row starts with its 4-byte scale.
+        f32::from_le_bytes(unsafe { *(row as *const [u8; 4]) })
+    }
+
+    #[inline(always)]
+    unsafe fn scales(row: *const u8, cols: usize, g0: usize, m: usize) -> __m512 {
+        let s0 = q2_row_layout(cols).1;
+        // SAFETY: reads the ceil(m/2) sub-scale bytes of blocks g0.. (masked load).
+        unsafe {
+            let sc = row.add(s0 + g0 / 2);
+            let v = _mm_cvtepu8_epi16(_mm_maskz_loadu_epi8(lanes(m.div_ceil(2)), sc as *const i8));
+            let k = _mm_or_si128(
+                _mm_and_si128(v, _mm_set1_epi16(15)),
+                _mm_slli_epi16(_mm_srli_epi16(v, 4), 8),
+            );
+            _mm512_cvtepi32_ps(_mm512_maskz_cvtepu8_epi32(lanes(m), k))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn codes(row: *const u8, _cols: usize, b: usize, pair: bool) -> __m512i {
+        // SAFETY: reads 16 (pair) or 8 code bytes of blocks b, b+1 inside the row.
+        unsafe {
+            let p = row.add(Q2_ROW_HEADER + b * 8) as *const __m128i;
+            let c = if pair {
+                _mm_loadu_si128(p)
+            } else {
+                _mm_loadl_epi64(p)
+            };
+            // Qwords [b, b+1, b, b+1, ...] (PairOrder::Qword), rotated so that bit
+            // pair g/2 of every byte lands at bits 1-2: the doubled code 2c.
+            let c = _mm512_broadcast_i32x4(c);
+            let c = _mm512_rolv_epi64(c, _mm512_set_epi64(59, 59, 61, 61, 63, 63, 1, 1));
+            _mm512_and_si512(c, _mm512_set1_epi8(6))
+        }
+    }
+}
+
+/// f16 scales of blocks `g0 .. g0 + m` (m <= 16) of a Q4/Q8 row, as f32 (zeros above m).
+#[inline(always)]
+unsafe fn row_scales(row: *const u8, g0: usize, m: usize) -> __m512 {
+    // SAFETY: the row starts with its nb >= g0 + m f16 scales; the load is masked.
+    unsafe {
+        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+            lanes(m),
+            row.add(2 * g0) as *const i16,
+        ))
+    }
+}
+
+impl Fmt for Q4F {
+    const ORDER: PairOrder = PairOrder::Half;
+
+    fn row_bytes(cols: usize) -> usize {
+        cols / QK * 18
+    }
+
+    #[inline(always)]
+    unsafe fn row_scale(_row: *const u8) -> f32 {
+        1.0
+    }
+
+    #[inline(always)]
+    unsafe fn scales(row: *const u8, _cols: usize, g0: usize, m: usize) -> __m512 {
+        // SAFETY: forwarded.
+        unsafe { row_scales(row, g0, m) }
+    }
+
+    #[inline(always)]
+    unsafe fn codes(row: *const u8, cols: usize, b: usize, pair: bool) -> __m512i {
+        // SAFETY: reads the 16 code bytes of block b (32 of b, b + 1 when `pair`).
+        unsafe {
+            let p = row.add(scales_bytes(cols / QK) + 16 * b);
+            let v = if pair {
+                _mm256_loadu_si256(p as *const __m256i)
+            } else {
+                _mm256_zextsi128_si256(_mm_loadu_si128(p as *const __m128i))
+            };
+            // [q_b, q_b+1, q_b >> 4, q_b+1 >> 4] (PairOrder::Half): low nibbles are
+            // elements 0..16, high nibbles 16..32.
+            let w = _mm512_broadcast_i64x4(v);
+            let w = _mm512_srlv_epi64(w, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0));
+            _mm512_and_si512(w, _mm512_set1_epi8(0x0f))
+        }
+    }
+}
+
+impl Fmt for Q8F {
+    const ORDER: PairOrder = PairOrder::Natural;
+
+    fn row_bytes(cols: usize) -> usize {
+        cols / QK * 34
+    }
+
+    #[inline(always)]
+    unsafe fn row_scale(_row: *const u8) -> f32 {
+        1.0
+    }
+
+    #[inline(always)]
+    unsafe fn scales(row: *const u8, _cols: usize, g0: usize, m: usize) -> __m512 {
+        // SAFETY: forwarded.
+        unsafe { row_scales(row, g0, m) }
+    }
+
+    #[inline(always)]
+    unsafe fn codes(row: *const u8, cols: usize, b: usize, pair: bool) -> __m512i {
+        // SAFETY: reads the 32 value bytes of block b (64 of b, b + 1 when `pair`).
+        unsafe {
+            let p = row.add(scales_bytes(cols / QK) + 32 * b);
+            let w = if pair {
+                _mm512_loadu_si512(p as *const _)
+            } else {
+                _mm512_zextsi256_si512(_mm256_loadu_si256(p as *const __m256i))
+            };
+            _mm512_xor_si512(w, _mm512_set1_epi8(-128))
+        }
+    }
+}
+
+/// The lane sums of four vectors, `[sum a, sum b, sum c, sum d]`.
+#[inline(always)]
+unsafe fn reduce4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
+    // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3], then [a, b, c, d] partials.
+    let ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    let cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    let s = _mm512_add_ps(
+        _mm512_shuffle_ps::<0x44>(ab, cd),
+        _mm512_shuffle_ps::<0xee>(ab, cd),
+    );
+    let lo = _mm512_castps512_ps256(s);
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s)));
+    let s = _mm256_add_ps(lo, hi);
+    _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s))
+}
+
+/// `R` rows (at `w`, `F::row_bytes` apart) times `C` panel columns from `j0`:
+/// per pair of blocks, each row's codes are unpacked once and used for every
+/// column; each (row, column) keeps one f32 accumulator.
+#[inline(always)]
+unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
+    w: *const u8,
+    cols: usize,
+    p: &ActPanel,
+    j0: usize,
+    out: &OutTile<'_>,
+    r0: usize,
+) {
+    let nb = cols / QK;
+    let rb = F::row_bytes(cols);
+    // SAFETY: rows are whole rows of the matrix (caller); panel reads stay in its
+    // padded columns; the caller owns rows r0 .. r0 + R of `out`.
+    unsafe {
+        let row = |r: usize| w.add(r * rb);
+        let lane_blocks = F::ORDER.lane_blocks();
+        let idx0 = _mm512_loadu_si512(lane_blocks.as_ptr() as *const _);
+        let two = _mm512_set1_epi32(2);
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mut kd = [[_mm512_setzero_ps(); C]; R];
+        let mut g0 = 0;
+        while g0 < nb {
+            let m = (nb - g0).min(16);
+            for (r, kd) in kd.iter_mut().enumerate() {
+                let ws = F::scales(row(r), cols, g0, m);
+                for (c, kd) in kd.iter_mut().enumerate() {
+                    *kd = _mm512_mul_ps(ws, _mm512_loadu_ps(p.dx(j0 + c)[g0..].as_ptr()));
+                }
+            }
+            let end = g0 + m;
+            let mut idx = idx0;
+            let mut b = g0;
+            while b < end {
+                let pair = b + 1 < end;
+                let mut seed = [_mm512_setzero_si512(); C];
+                let mut x = [_mm512_setzero_si512(); C];
+                for c in 0..C {
+                    seed[c] = _mm512_loadu_si512(p.seed(j0 + c).add(b * 8) as *const _);
+                    x[c] = _mm512_loadu_si512(p.xs(j0 + c).add(b * QK) as *const _);
+                }
+                for r in 0..R {
+                    let u = F::codes(row(r), cols, b, pair);
+                    for c in 0..C {
+                        let s = _mm512_dpbusd_epi32(seed[c], u, x[c]);
+                        let k = _mm512_permutexvar_ps(idx, kd[r][c]);
+                        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), k, acc[r][c]);
+                    }
+                }
+                idx = _mm512_add_epi32(idx, two);
+                b += 2;
+            }
+            g0 = end;
+        }
+        if R == 4 && C == 1 {
+            let mut v = [0.0f32; 4];
+            _mm_storeu_ps(
+                v.as_mut_ptr(),
+                reduce4(acc[0][0], acc[1][0], acc[2][0], acc[3][0]),
+            );
+            for (r, v) in v.iter().enumerate() {
+                out.put(j0, r0 + r, F::row_scale(row(r)) * v);
+            }
+            return;
+        }
+        for r in 0..R {
+            let d = F::row_scale(row(r));
+            for c in 0..C {
+                out.put(j0 + c, r0 + r, d * _mm512_reduce_add_ps(acc[r][c]));
+            }
+        }
+    }
+}
+
+/// Every row of `w` times every panel column: 4 rows x 1 column tiles for a
+/// single column (hides the accumulator latency), 2 rows x 4 columns for
+/// batches (each row's codes unpacked once per 4 columns, each column's
+/// activations loaded once per 2 rows).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+unsafe fn gemm<F: Fmt>(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
+    let rb = F::row_bytes(cols);
+    let rows = w.len() / rb;
+    let n = p.n();
+    let base = w.as_ptr();
+    // SAFETY: every tile gets whole rows inside `w` and columns inside the panel;
+    // the caller owns rows r0 .. r0 + rows of `out`.
+    unsafe {
+        if n == 1 {
+            let mut r = 0;
+            while r + 4 <= rows {
+                tile::<F, 4, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
+                r += 4;
+            }
+            while r < rows {
+                tile::<F, 1, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
+                r += 1;
+            }
+            return;
+        }
+        // Column groups outermost: a group's activations (and the rows' weights)
+        // stay in L1 while every row of this call passes over them.
+        let mut j = 0;
+        while j < n {
+            let c = (n - j).min(4);
+            let mut r = 0;
+            while r + 2 <= rows {
+                let wr = base.add(r * rb);
+                match c {
+                    4 => tile::<F, 2, 4>(wr, cols, p, j, out, r0 + r),
+                    3 => tile::<F, 2, 3>(wr, cols, p, j, out, r0 + r),
+                    2 => tile::<F, 2, 2>(wr, cols, p, j, out, r0 + r),
+                    _ => tile::<F, 2, 1>(wr, cols, p, j, out, r0 + r),
+                }
+                r += 2;
+            }
+            if r < rows {
+                let wr = base.add(r * rb);
+                match c {
+                    4 => tile::<F, 1, 4>(wr, cols, p, j, out, r0 + r),
+                    3 => tile::<F, 1, 3>(wr, cols, p, j, out, r0 + r),
+                    2 => tile::<F, 1, 2>(wr, cols, p, j, out, r0 + r),
+                    _ => tile::<F, 1, 1>(wr, cols, p, j, out, r0 + r),
+                }
+            }
+            j += c;
+        }
+    }
+}
+
+/// # Safety
+/// See [`super::GemmFn`]; also requires the CPU features (checked by the table's users).
+unsafe fn q2_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
+    check();
+    // SAFETY: features checked; contract forwarded.
+    unsafe { gemm::<Q2F>(w, cols, p, out, r0) }
+}
+
+/// # Safety
+/// See [`super::GemmFn`].
+unsafe fn q4_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
+    check();
+    // SAFETY: features checked; contract forwarded.
+    unsafe { gemm::<Q4F>(w, cols, p, out, r0) }
+}
+
+/// # Safety
+/// See [`super::GemmFn`].
+unsafe fn q8_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
+    check();
+    // SAFETY: features checked; contract forwarded.
+    unsafe { gemm::<Q8F>(w, cols, p, out, r0) }
+}
+
+/// Q2 rows against int8 activations.
+pub fn q2_q8(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && act.len() == cols / QK
+            && rows.len() == out.len() * Q2F::row_bytes(cols)
+    );
+    gemv_via(q2_gemm, panel(QuantFormat::Q2), rows, cols, act, out);
+}
+
+/// Q4 rows against int8 activations.
+pub fn q4_q8(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && act.len() == cols / QK
+            && rows.len() == out.len() * Q4F::row_bytes(cols)
+    );
+    gemv_via(q4_gemm, panel(QuantFormat::Q4), rows, cols, act, out);
+}
+
+/// Q8 rows against int8 activations.
+pub fn q8_q8(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && act.len() == cols / QK
+            && rows.len() == out.len() * Q8F::row_bytes(cols)
+    );
+    gemv_via(q8_gemm, panel(QuantFormat::Q8), rows, cols, act, out);
+}
+
+/// A float weight format as the AVX-512 kernels see it.
+trait FloatFmt {
+    const BYTES: usize;
+    /// 16 weights from element `i` of the row (masked to `m` lanes).
+    unsafe fn load(row: *const u8, i: usize, m: __mmask16) -> __m512;
+}
+
+struct F32F;
+struct F16F;
+
+impl FloatFmt for F32F {
+    const BYTES: usize = 4;
+
+    #[inline(always)]
+    unsafe fn load(row: *const u8, i: usize, m: __mmask16) -> __m512 {
+        // SAFETY: the caller passes lanes inside the row.
+        unsafe { _mm512_maskz_loadu_ps(m, (row as *const f32).add(i)) }
+    }
+}
+
+impl FloatFmt for F16F {
+    const BYTES: usize = 2;
+
+    #[inline(always)]
+    unsafe fn load(row: *const u8, i: usize, m: __mmask16) -> __m512 {
+        // SAFETY: the caller passes lanes inside the row.
+        unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (row as *const i16).add(i))) }
+    }
+}
+
+/// `R` float rows times `C` columns of `x` from `j0`: one accumulator per
+/// (row, column), each weight and activation vector loaded once per tile.
+#[inline(always)]
+unsafe fn float_tile<F: FloatFmt, const R: usize, const C: usize>(
+    w: *const u8,
+    cols: usize,
+    x: &[f32],
+    j0: usize,
+    out: &OutTile<'_>,
+    r0: usize,
+) {
+    // SAFETY: whole rows (caller), x columns j0 .. j0 + C exist (caller), lanes
+    // past `cols` are masked; the caller owns rows r0 .. r0 + R of `out`.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mut i = 0;
+        while i < cols {
+            let m = lanes(cols - i);
+            let mut xv = [_mm512_setzero_ps(); C];
+            for c in 0..C {
+                xv[c] = _mm512_maskz_loadu_ps(m, x.as_ptr().add((j0 + c) * cols + i));
+            }
+            for r in 0..R {
+                let wv = F::load(w.add(r * cols * F::BYTES), i, m);
+                for c in 0..C {
+                    acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+                }
+            }
+            i += 16;
+        }
+        for c in 0..C {
+            if R == 4 {
+                let mut v = [0.0f32; 4];
+                _mm_storeu_ps(
+                    v.as_mut_ptr(),
+                    reduce4(acc[0][c], acc[1][c], acc[2][c], acc[3][c]),
+                );
+                for (r, v) in v.iter().enumerate() {
+                    out.put(j0 + c, r0 + r, *v);
+                }
+            } else {
+                for r in 0..R {
+                    out.put(j0 + c, r0 + r, _mm512_reduce_add_ps(acc[r][c]));
+                }
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn float_gemm<F: FloatFmt>(w: &[u8], cols: usize, x: &[f32], out: &OutTile<'_>, r0: usize) {
+    let rb = cols * F::BYTES;
+    let rows = w.len() / rb;
+    let n = x.len() / cols;
+    let base = w.as_ptr();
+    // SAFETY: tiles get whole rows inside `w` and columns inside `x`; the caller
+    // owns rows r0 .. r0 + rows of `out`.
+    unsafe {
+        let mut j = 0;
+        while j < n {
+            let c = (n - j).min(4);
+            let mut r = 0;
+            while r + 4 <= rows {
+                let wr = base.add(r * rb);
+                match c {
+                    4 => float_tile::<F, 4, 4>(wr, cols, x, j, out, r0 + r),
+                    3 => float_tile::<F, 4, 3>(wr, cols, x, j, out, r0 + r),
+                    2 => float_tile::<F, 4, 2>(wr, cols, x, j, out, r0 + r),
+                    _ => float_tile::<F, 4, 1>(wr, cols, x, j, out, r0 + r),
+                }
+                r += 4;
+            }
+            while r < rows {
+                let wr = base.add(r * rb);
+                match c {
+                    4 => float_tile::<F, 1, 4>(wr, cols, x, j, out, r0 + r),
+                    3 => float_tile::<F, 1, 3>(wr, cols, x, j, out, r0 + r),
+                    2 => float_tile::<F, 1, 2>(wr, cols, x, j, out, r0 + r),
+                    _ => float_tile::<F, 1, 1>(wr, cols, x, j, out, r0 + r),
+                }
+                r += 1;
+            }
+            j += c;
+        }
+    }
+}
+
+/// # Safety
+/// See [`super::FloatGemmFn`].
+unsafe fn f32_gemm(w: &[u8], cols: usize, x: &[f32], out: &OutTile<'_>, r0: usize) {
+    check();
+    assert!(
+        w.len().is_multiple_of(cols * 4)
+            && x.len().is_multiple_of(cols)
+            && x.len() / cols == out.n()
+    );
+    // SAFETY: features and sizes checked; contract forwarded.
+    unsafe { float_gemm::<F32F>(w, cols, x, out, r0) }
+}
+
+/// # Safety
+/// See [`super::FloatGemmFn`].
+unsafe fn f16_gemm(w: &[u8], cols: usize, x: &[f32], out: &OutTile<'_>, r0: usize) {
+    check();
+    assert!(
+        w.len().is_multiple_of(cols * 2)
+            && x.len().is_multiple_of(cols)
+            && x.len() / cols == out.n()
+    );
+    // SAFETY: features and sizes checked; contract forwarded.
+    unsafe { float_gemm::<F16F>(w, cols, x, out, r0) }
+}
+
+/// A quantized row format for the f32-activation kernels: one block at a time,
+/// expanded to floats in natural element order.
+trait DeqFmt: Fmt {
+    /// Block `b`'s scale (Q2: the sub-scale `k`).
+    unsafe fn scale(row: *const u8, cols: usize, b: usize) -> f32;
+    /// Block `b`'s 32 values before scaling, elements 0..16 and 16..32.
+    unsafe fn values(row: *const u8, cols: usize, b: usize) -> (__m512, __m512);
+}
+
+/// Bytes 0..16 and 16..32 of `v` as f32 (unsigned).
+#[inline(always)]
+unsafe fn u8x32_to_f32(v: __m256i) -> (__m512, __m512) {
+    (
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(v))),
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256::<1>(v))),
+    )
+}
+
+impl DeqFmt for Q2F {
+    #[inline(always)]
+    unsafe fn scale(row: *const u8, cols: usize, b: usize) -> f32 {
+        // SAFETY: the sub-scale byte of block b is inside the row.
+        let v = unsafe { *row.add(q2_row_layout(cols).1 + b / 2) };
+        ((v >> (4 * (b % 2))) & 15) as f32
+    }
+
+    #[inline(always)]
+    unsafe fn values(row: *const u8, _cols: usize, b: usize) -> (__m512, __m512) {
+        // SAFETY: the 8 code bytes of block b are inside the row.
+        unsafe {
+            let q = (row.add(Q2_ROW_HEADER + b * 8) as *const u64).read_unaligned();
+            let c = _mm256_srlv_epi64(_mm256_set1_epi64x(q as i64), _mm256_set_epi64x(6, 4, 2, 0));
+            let (lo, hi) = u8x32_to_f32(_mm256_and_si256(c, _mm256_set1_epi8(3)));
+            let h = _mm512_set1_ps(1.5);
+            (_mm512_sub_ps(lo, h), _mm512_sub_ps(hi, h))
+        }
+    }
+}
+
+impl DeqFmt for Q4F {
+    #[inline(always)]
+    unsafe fn scale(row: *const u8, _cols: usize, b: usize) -> f32 {
+        // SAFETY: the row starts with its f16 scales.
+        f16_to_f32(unsafe { (row.add(2 * b) as *const u16).read_unaligned() })
+    }
+
+    #[inline(always)]
+    unsafe fn values(row: *const u8, cols: usize, b: usize) -> (__m512, __m512) {
+        // SAFETY: the 16 code bytes of block b are inside the row.
+        unsafe {
+            let q = _mm_loadu_si128(row.add(scales_bytes(cols / QK) + 16 * b) as *const __m128i);
+            let m = _mm_set1_epi8(0x0f);
+            let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, m)));
+            let hi =
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), m)));
+            let e = _mm512_set1_ps(8.0);
+            (_mm512_sub_ps(lo, e), _mm512_sub_ps(hi, e))
+        }
+    }
+}
+
+impl DeqFmt for Q8F {
+    #[inline(always)]
+    unsafe fn scale(row: *const u8, _cols: usize, b: usize) -> f32 {
+        // SAFETY: the row starts with its f16 scales.
+        f16_to_f32(unsafe { (row.add(2 * b) as *const u16).read_unaligned() })
+    }
+
+    #[inline(always)]
+    unsafe fn values(row: *const u8, cols: usize, b: usize) -> (__m512, __m512) {
+        // SAFETY: the 32 value bytes of block b are inside the row.
+        unsafe {
+            let p = row.add(scales_bytes(cols / QK) + 32 * b);
+            let lo = _mm_loadu_si128(p as *const __m128i);
+            let hi = _mm_loadu_si128(p.add(16) as *const __m128i);
+            (
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)),
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)),
+            )
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn deq_rows<F: DeqFmt>(w: &[u8], cols: usize, x: &[f32], out: &mut [f32]) {
+    let rb = F::row_bytes(cols);
+    // SAFETY: whole rows of `w` (checked by the caller) and 32 floats of `x` per block.
+    unsafe {
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+            let rp = row.as_ptr();
+            let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            for b in 0..cols / QK {
+                let (lo, hi) = F::values(rp, cols, b);
+                let s = _mm512_set1_ps(F::scale(rp, cols, b));
+                let xp = x.as_ptr().add(b * QK);
+                a0 = _mm512_fmadd_ps(_mm512_mul_ps(lo, s), _mm512_loadu_ps(xp), a0);
+                a1 = _mm512_fmadd_ps(_mm512_mul_ps(hi, s), _mm512_loadu_ps(xp.add(16)), a1);
+            }
+            *o = F::row_scale(rp) * _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        }
+    }
+}
+
+/// Q2 rows against f32 activations (weights expanded to f32 on the fly).
+pub fn q2_f32(rows: &[u8], cols: usize, x: &[f32], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && x.len() == cols
+            && rows.len() == out.len() * Q2F::row_bytes(cols)
+    );
+    // SAFETY: features and sizes checked.
+    unsafe { deq_rows::<Q2F>(rows, cols, x, out) }
+}
+
+/// Q4 rows against f32 activations.
+pub fn q4_f32(rows: &[u8], cols: usize, x: &[f32], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && x.len() == cols
+            && rows.len() == out.len() * Q4F::row_bytes(cols)
+    );
+    // SAFETY: features and sizes checked.
+    unsafe { deq_rows::<Q4F>(rows, cols, x, out) }
+}
+
+/// Q8 rows against f32 activations.
+pub fn q8_f32(rows: &[u8], cols: usize, x: &[f32], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && x.len() == cols
+            && rows.len() == out.len() * Q8F::row_bytes(cols)
+    );
+    // SAFETY: features and sizes checked.
+    unsafe { deq_rows::<Q8F>(rows, cols, x, out) }
+}
+
+/// Quantize activations into int8 blocks, bit-identical to
+/// [`super::scalar::quantize_act`]; false if `x` holds NaN or inf.
+pub fn quantize_act(x: &[f32], out: &mut [Q8ActBlock]) -> bool {
+    check();
+    assert_eq!(x.len(), out.len() * QK);
+    // SAFETY: features checked; sizes checked.
+    unsafe { quantize_act_impl(x, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn quantize_act_impl(x: &[f32], out: &mut [Q8ActBlock]) -> bool {
+    let mut finite = 0xffffu16;
+    for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        // SAFETY: 32 floats per block, 16 bytes stored per half of `qs`.
+        unsafe {
+            let v0 = _mm512_loadu_ps(xs.as_ptr());
+            let v1 = _mm512_loadu_ps(xs.as_ptr().add(16));
+            // x - x is 0 exactly for finite x, NaN otherwise.
+            let z = _mm512_setzero_ps();
+            finite &= _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_sub_ps(v0, v0), z)
+                & _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_sub_ps(v1, v1), z);
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+            let d = super::scalar::act_scale(amax);
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+            let scaled = |v: __m512| {
+                _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, _mm512_set1_ps(id)), lo), hi)
+            };
+            // Round to nearest even (the MXCSR default), as the scalar reference.
+            let q0 = _mm512_cvtps_epi32(scaled(v0));
+            let q1 = _mm512_cvtps_epi32(scaled(v1));
+            _mm_storeu_si128(
+                blk.qs.as_mut_ptr() as *mut __m128i,
+                _mm512_cvtsepi32_epi8(q0),
+            );
+            _mm_storeu_si128(
+                blk.qs.as_mut_ptr().add(16) as *mut __m128i,
+                _mm512_cvtsepi32_epi8(q1),
+            );
+            blk.d = d;
+            blk.sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        }
+    }
+    finite == 0xffff
+}
+
+/// f32 rows against f32 activations.
+pub fn f32_f32(rows: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
+    check();
+    assert!(x.len() == cols && rows.len() == out.len() * cols);
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(cols)) {
+        // SAFETY: features checked; equal lengths.
+        *o = unsafe { dot_impl(row, x) };
+    }
+}
+
+/// `sum a[i] * b[i]`.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    check();
+    assert_eq!(a.len(), b.len());
+    // SAFETY: features checked; equal lengths.
+    unsafe { dot_impl(a, b) }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: full loads for i + 64 <= n / i + 16 <= n, the tail is a masked load.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let j = i + 16 * k;
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(j)), _mm512_loadu_ps(pb.add(j)), *a);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(i)),
+                _mm512_loadu_ps(pb.add(i)),
+                acc[0],
+            );
+            i += 16;
+        }
+        if i < n {
+            let m = lanes(n - i);
+            acc[1] = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(m, pa.add(i)),
+                _mm512_maskz_loadu_ps(m, pb.add(i)),
+                acc[1],
+            );
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
+    }
+}
+
+/// f16 rows against f32 activations.
+pub fn f16_f32(rows: &[u16], cols: usize, x: &[f32], out: &mut [f32]) {
+    check();
+    assert!(x.len() == cols && rows.len() == out.len() * cols);
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(cols)) {
+        // SAFETY: features checked; equal lengths.
+        *o = unsafe { dot_f16_impl(row, x) };
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn dot_f16_impl(h: &[u16], x: &[f32]) -> f32 {
+    let n = h.len();
+    let (ph, px) = (h.as_ptr(), x.as_ptr());
+    // SAFETY: full loads for i + 32 <= n / i + 16 <= n, the tail is a masked load.
+    unsafe {
+        let mut a0 = _mm512_setzero_ps();
+        let mut a1 = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 32 <= n {
+            let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(ph.add(i) as *const __m256i));
+            let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(ph.add(i + 16) as *const __m256i));
+            a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px.add(i)), a0);
+            a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(px.add(i + 16)), a1);
+            i += 32;
+        }
+        while i < n {
+            let m = lanes(n - i);
+            let w = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, ph.add(i) as *const i16));
+            a0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, px.add(i)), a0);
+            i += 16;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+    }
+}

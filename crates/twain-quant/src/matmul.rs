@@ -1,0 +1,319 @@
+//! `y = x W^T`: validation, activation quantization and splitting rows over rayon.
+
+use crate::blocks::{Q8ActBlock, QK};
+use crate::kernels::{self, ActPanel, Kernels, OutTile};
+use crate::{QMatrixRef, QuantError, QuantFormat};
+use rayon::prelude::*;
+
+/// Whether a kernel call may split its work over the rayon thread pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Parallelism {
+    /// One thread.
+    Sequential,
+    /// Split rows over the current rayon pool.
+    #[default]
+    Rayon,
+}
+
+/// Below this many multiply-adds a call runs on the calling thread: the rayon
+/// fork/join costs a few microseconds, about what a 576x576 2-bit matvec takes.
+pub const PAR_MIN_WORK: usize = 1 << 18;
+
+/// Rows per tile of a batched call: a tile's weights stay in L1/L2 while every
+/// batch column passes over them. Matvec calls a kernel once per chunk.
+const ROW_TILE: usize = 32;
+
+/// Activations for the quantized formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ActMode {
+    Int8,
+    F32,
+}
+
+/// y = x W^T for a batch: `x` is n x cols row-major (n = x.len() / cols),
+/// `y` is n x rows row-major. Quantized formats run on int8-quantized
+/// activations (one int8 block per 32 inputs) with the fastest kernel this CPU has.
+pub fn matmul(
+    w: &QMatrixRef<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    par: Parallelism,
+) -> Result<(), QuantError> {
+    run(kernels::best(), w, x, y, par, ActMode::Int8)
+}
+
+/// `matmul` with n = 1.
+pub fn matvec(
+    w: &QMatrixRef<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    par: Parallelism,
+) -> Result<(), QuantError> {
+    if x.len() != w.cols() {
+        return Err(QuantError::Invalid(format!(
+            "matvec: x has {} values, matrix has {} columns",
+            x.len(),
+            w.cols()
+        )));
+    }
+    matmul(w, x, y, par)
+}
+
+/// [`matmul`] with f32 activations for every format: quantized weights are
+/// expanded on the fly instead of quantizing `x` to int8 (slower, no activation rounding).
+pub fn matmul_f32(
+    w: &QMatrixRef<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    par: Parallelism,
+) -> Result<(), QuantError> {
+    run(kernels::best(), w, x, y, par, ActMode::F32)
+}
+
+/// [`matmul`] with an explicit kernel family (see [`Kernels::get`]).
+pub fn matmul_with(
+    k: &Kernels,
+    w: &QMatrixRef<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    par: Parallelism,
+) -> Result<(), QuantError> {
+    run(k, w, x, y, par, ActMode::Int8)
+}
+
+/// [`matmul_f32`] with an explicit kernel family.
+pub fn matmul_f32_with(
+    k: &Kernels,
+    w: &QMatrixRef<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    par: Parallelism,
+) -> Result<(), QuantError> {
+    run(k, w, x, y, par, ActMode::F32)
+}
+
+/// Quantize `n x cols` activations into `n * cols / 32` int8 blocks.
+pub fn quantize_activations(
+    k: &Kernels,
+    x: &[f32],
+    cols: usize,
+) -> Result<Vec<Q8ActBlock>, QuantError> {
+    if cols == 0 || !cols.is_multiple_of(QK) || x.is_empty() || !x.len().is_multiple_of(cols) {
+        return Err(QuantError::Invalid(format!(
+            "activations: {} values do not split into rows of {cols} (a multiple of 32)",
+            x.len()
+        )));
+    }
+    let mut acts = vec![bytemuck::Zeroable::zeroed(); x.len() / QK];
+    let ok = if x.len() >= 1 << 16 {
+        acts.par_chunks_mut(cols / QK)
+            .zip(x.par_chunks(cols))
+            .map(|(a, xs)| (k.quantize_act)(xs, a))
+            .reduce(|| true, |a, b| a && b)
+    } else {
+        (k.quantize_act)(x, &mut acts)
+    };
+    if !ok {
+        return Err(QuantError::Invalid("activations contain NaN or inf".into()));
+    }
+    Ok(acts)
+}
+
+fn run(
+    k: &Kernels,
+    w: &QMatrixRef<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    par: Parallelism,
+    mode: ActMode,
+) -> Result<(), QuantError> {
+    let (rows, cols, fmt) = (w.rows(), w.cols(), w.format());
+    if x.is_empty() || !x.len().is_multiple_of(cols) {
+        return Err(QuantError::Invalid(format!(
+            "matmul {fmt} {rows}x{cols}: x has {} values, not a positive multiple of {cols}",
+            x.len()
+        )));
+    }
+    let n = x.len() / cols;
+    if y.len() != n * rows {
+        return Err(QuantError::Invalid(format!(
+            "matmul {fmt} {rows}x{cols}: y has {} values, expected {n} x {rows}",
+            y.len()
+        )));
+    }
+    let data = w.data();
+    let rb = w.row_bytes();
+    let gemm = match (fmt, mode) {
+        (QuantFormat::Q2, ActMode::Int8) => Some(k.q2_gemm),
+        (QuantFormat::Q4, ActMode::Int8) => Some(k.q4_gemm),
+        (QuantFormat::Q8, ActMode::Int8) => Some(k.q8_gemm),
+        _ => None,
+    };
+    // One column streams the weights through the per-row dot kernels; batches
+    // use the register-tiled float kernels where the family has them.
+    let float_gemm = match fmt {
+        QuantFormat::F32 if n > 1 => k.f32_gemm,
+        QuantFormat::F16 if n > 1 => k.f16_gemm,
+        _ => None,
+    };
+    let panel = match gemm {
+        Some(_) => Some(ActPanel::new(
+            quantize_activations(k, x, cols)?,
+            cols / QK,
+            (k.panel)(fmt),
+        )),
+        None => None,
+    };
+    let out = OutTile::new(y, rows, n);
+    // Rows per kernel call: a whole chunk for one column; for a batch, tiles
+    // whose weights stay in cache while every column passes over them.
+    let tile = if n == 1 { rows } else { ROW_TILE };
+    let chunk = |r0: usize, r1: usize| {
+        let mut buf = vec![0.0f32; tile.min(r1 - r0)];
+        let mut t0 = r0;
+        while t0 < r1 {
+            let t1 = (t0 + tile).min(r1);
+            let wr = &data[t0 * rb..t1 * rb];
+            if let (Some(gemm), Some(panel)) = (gemm, &panel) {
+                // SAFETY: this chunk owns rows r0..r1 of `out` (chunks are disjoint).
+                unsafe { gemm(wr, cols, panel, &out, t0) };
+            } else if let Some(fg) = float_gemm {
+                // SAFETY: as above.
+                unsafe { fg(wr, cols, x, &out, t0) };
+            } else {
+                let o = &mut buf[..t1 - t0];
+                for j in 0..n {
+                    let xj = &x[j * cols..(j + 1) * cols];
+                    match fmt {
+                        QuantFormat::F32 => (k.f32_f32)(bytemuck::cast_slice(wr), cols, xj, o),
+                        QuantFormat::F16 => (k.f16_f32)(bytemuck::cast_slice(wr), cols, xj, o),
+                        QuantFormat::Q8 => (k.q8_f32)(wr, cols, xj, o),
+                        QuantFormat::Q4 => (k.q4_f32)(wr, cols, xj, o),
+                        QuantFormat::Q2 => (k.q2_f32)(wr, cols, xj, o),
+                    }
+                    for (i, v) in o.iter().enumerate() {
+                        // SAFETY: this chunk owns rows r0..r1 of `out`.
+                        unsafe { out.put(j, t0 + i, *v) };
+                    }
+                }
+            }
+            t0 = t1;
+        }
+    };
+    let work = rows.saturating_mul(cols).saturating_mul(n);
+    let threads = rayon::current_num_threads();
+    if par == Parallelism::Sequential || work < PAR_MIN_WORK || threads <= 1 || rows < 2 * 8 {
+        chunk(0, rows);
+    } else {
+        // About 4 chunks per thread for balance, in whole row tiles of 8.
+        let units = rows.div_ceil(8);
+        let per = units.div_ceil(units.min(threads * 4)) * 8;
+        (0..rows.div_ceil(per)).into_par_iter().for_each(|c| {
+            let r0 = c * per;
+            chunk(r0, (r0 + per).min(rows));
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{quantize, QuantizeOptions};
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_format_matvec_close_to_f32() {
+        let (rows, cols) = (40, 96);
+        let w = pseudo(rows * cols, 1);
+        let x = pseudo(cols * 3, 2);
+        let mut exact = vec![0.0f32; rows * 3];
+        for j in 0..3 {
+            for r in 0..rows {
+                exact[j * rows + r] = (0..cols).map(|c| w[r * cols + c] * x[j * cols + c]).sum();
+            }
+        }
+        for (fmt, tol) in [
+            (QuantFormat::F32, 1e-4),
+            (QuantFormat::F16, 1e-2),
+            (QuantFormat::Q8, 0.15),
+            (QuantFormat::Q4, 0.8),
+            (QuantFormat::Q2, 3.0),
+        ] {
+            let q = quantize(fmt, rows, cols, &w, &QuantizeOptions::default()).unwrap();
+            let deq = q.as_ref().dequantize();
+            for par in [Parallelism::Sequential, Parallelism::Rayon] {
+                let mut y = vec![0.0f32; rows * 3];
+                matmul(&q.as_ref(), &x, &mut y, par).unwrap();
+                let mut y2 = vec![0.0f32; rows * 3];
+                matmul_f32(&q.as_ref(), &x, &mut y2, par).unwrap();
+                for j in 0..3 {
+                    for r in 0..rows {
+                        let i = j * rows + r;
+                        let dq: f32 = (0..cols).map(|c| deq[r * cols + c] * x[j * cols + c]).sum();
+                        assert!((y2[i] - dq).abs() < 1e-3, "{fmt} f32 act {} vs {dq}", y2[i]);
+                        assert!((y[i] - dq).abs() < 0.05, "{fmt} int8 act {} vs {dq}", y[i]);
+                        assert!(
+                            (y[i] - exact[i]).abs() < tol,
+                            "{fmt}: {} vs {}",
+                            y[i],
+                            exact[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rayon_split_equals_sequential() {
+        let (rows, cols) = (1000, 640);
+        let w = pseudo(rows * cols, 3);
+        for n in [1, 3] {
+            let x = pseudo(cols * n, 4);
+            assert!(rows * cols * n >= PAR_MIN_WORK);
+            for fmt in QuantFormat::ALL {
+                let q = quantize(fmt, rows, cols, &w, &QuantizeOptions::default()).unwrap();
+                let mut a = vec![0.0f32; rows * n];
+                let mut b = vec![1.0f32; rows * n];
+                matmul(&q.as_ref(), &x, &mut a, Parallelism::Sequential).unwrap();
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(2)
+                    .build()
+                    .unwrap()
+                    .install(|| matmul(&q.as_ref(), &x, &mut b, Parallelism::Rayon))
+                    .unwrap();
+                assert_eq!(a, b, "{fmt} n={n}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let q = quantize(
+            QuantFormat::Q2,
+            2,
+            32,
+            &[0.5; 64],
+            &QuantizeOptions::default(),
+        )
+        .unwrap();
+        let mut y = [0.0f32; 2];
+        assert!(matvec(&q.as_ref(), &[1.0; 31], &mut y, Parallelism::Rayon).is_err());
+        assert!(matvec(&q.as_ref(), &[], &mut y, Parallelism::Rayon).is_err());
+        assert!(matvec(&q.as_ref(), &[1.0; 32], &mut y[..1], Parallelism::Rayon).is_err());
+        assert!(matvec(&q.as_ref(), &[f32::NAN; 32], &mut y, Parallelism::Rayon).is_err());
+        assert!(matvec(&q.as_ref(), &[1.0; 32], &mut y, Parallelism::Rayon).is_ok());
+    }
+}

@@ -1,0 +1,327 @@
+//! Every SIMD kernel family agrees with the scalar reference.
+//!
+//! Weights are random bytes (every code pattern, every sub-scale, random
+//! finite scales) and activations random values of mixed magnitude and sign,
+//! with zero and constant blocks mixed in. Integer parts (activation
+//! quantization) must match exactly; float results within
+//! `REL_TOL * sum |w_i x_i| + tiny`, i.e. relative to the magnitude of the
+//! terms, since SIMD adds partial sums in a different order.
+
+use proptest::prelude::*;
+use twain_quant::blocks::{f32_to_f16, Q2Block, Q8ActBlock, Q8Block, QK};
+use twain_quant::kernels::{available, scalar, Kernels, SCALAR};
+use twain_quant::{Parallelism, QuantFormat};
+
+/// Relative tolerance of float accumulations (f32, a few hundred terms).
+const REL_TOL: f32 = 2e-5;
+
+fn close(a: f32, b: f32, mag: f32) -> bool {
+    (a - b).abs() <= REL_TOL * mag + 1e-30 || (a.is_nan() && b.is_nan())
+}
+
+fn others() -> Vec<&'static Kernels> {
+    available().into_iter().filter_map(Kernels::get).collect()
+}
+
+/// Activation values: a base pattern scaled by one magnitude per block, some
+/// blocks zero or constant.
+fn act_values(cols: usize) -> impl Strategy<Value = Vec<f32>> {
+    let nb = cols / QK;
+    (
+        prop::collection::vec(-1.0f32..1.0, cols),
+        prop::collection::vec(
+            prop_oneof![
+                Just(0.0f32),
+                Just(1e-30),
+                Just(1e-6),
+                Just(1.0),
+                Just(1e6),
+                Just(1e12)
+            ],
+            nb,
+        ),
+        prop::collection::vec(0u8..6, nb),
+    )
+        .prop_map(move |(base, mags, kind)| {
+            let mut x = base;
+            for b in 0..nb {
+                for i in 0..QK {
+                    let v = &mut x[b * QK + i];
+                    *v = match kind[b] {
+                        0 => 0.0,
+                        1 => mags[b],
+                        _ => *v * mags[b],
+                    };
+                }
+            }
+            x
+        })
+}
+
+fn quant_act(x: &[f32]) -> Vec<Q8ActBlock> {
+    let mut a = vec![bytemuck::Zeroable::zeroed(); x.len() / QK];
+    assert!(scalar::quantize_act(x, &mut a));
+    a
+}
+
+/// sum over rows of |w| |x| using the dequantized weights (the tolerance scale).
+fn magnitudes(fmt: QuantFormat, data: &[u8], rows: usize, cols: usize, x: &[f32]) -> Vec<f32> {
+    let m = twain_quant::QMatrix::from_bytes(fmt, rows, cols, data).unwrap();
+    let w = m.as_ref().dequantize();
+    w.chunks(cols)
+        .map(|r| r.iter().zip(x).map(|(a, b)| (a * b).abs()).sum())
+        .collect()
+}
+
+fn q2_rows(rows: usize, cols: usize) -> impl Strategy<Value = Vec<u8>> {
+    let rb = QuantFormat::Q2.row_bytes(cols).unwrap();
+    (
+        prop::collection::vec(any::<u8>(), rows * rb),
+        prop::collection::vec(
+            prop_oneof![Just(0.0f32), Just(1e-20), Just(1e-3), Just(1.0), Just(1e10)],
+            rows,
+        ),
+    )
+        .prop_map(move |(mut bytes, ds)| {
+            for (r, d) in ds.iter().enumerate() {
+                bytes[r * rb..r * rb + 4].copy_from_slice(&d.to_le_bytes());
+            }
+            bytes
+        })
+}
+
+fn f16_scales(n: usize) -> impl Strategy<Value = Vec<u16>> {
+    prop::collection::vec(
+        prop_oneof![
+            Just(0.0f32),
+            Just(1e-7),
+            -1.0f32..1.0,
+            Just(100.0),
+            Just(-3e4)
+        ],
+        n,
+    )
+    .prop_map(|v| v.into_iter().map(f32_to_f16).collect())
+}
+
+/// Q4/Q8 rows: each `[nb f16 scales][code bytes]`.
+fn rows_with_scales(rows: usize, nb: usize, d: &[u16], codes: &[u8]) -> Vec<u8> {
+    let per = codes.len() / rows;
+    let mut out = Vec::new();
+    for r in 0..rows {
+        for b in 0..nb {
+            out.extend_from_slice(&d[r * nb + b].to_le_bytes());
+        }
+        out.extend_from_slice(&codes[r * per..(r + 1) * per]);
+    }
+    out
+}
+
+fn shape() -> impl Strategy<Value = (usize, usize)> {
+    (1usize..7, 1usize..40).prop_map(|(r, nb)| (r, nb * QK))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn q2_kernels_agree((rows, cols, w, x) in shape().prop_flat_map(|(r, c)| (Just(r), Just(c), q2_rows(r, c), act_values(c)))) {
+        let act = quant_act(&x);
+        let mut want = vec![0.0; rows];
+        scalar::q2_q8(&w, cols, &act, &mut want);
+        let xd: Vec<f32> = act.iter().flat_map(|a| a.qs.iter().map(move |&q| q as f32 * a.d)).collect();
+        let mag = magnitudes(QuantFormat::Q2, &w, rows, cols, &xd);
+        let mag_f = magnitudes(QuantFormat::Q2, &w, rows, cols, &x);
+        let mut want_f = vec![0.0; rows];
+        scalar::q2_f32(&w, cols, &x, &mut want_f);
+        for k in others() {
+            // Activation quantization is integer-exact across families.
+            let mut a = vec![bytemuck::Zeroable::zeroed(); act.len()];
+            prop_assert!((k.quantize_act)(&x, &mut a));
+            prop_assert_eq!(&a, &act, "{:?} quantize_act", k.backend);
+            let mut bad = x.clone();
+            bad[(rows * 7919) % cols] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][rows % 3];
+            prop_assert!(!(k.quantize_act)(&bad, &mut a), "{:?} accepted non-finite", k.backend);
+            let mut got = vec![0.0; rows];
+            (k.q2_q8)(&w, cols, &act, &mut got);
+            for r in 0..rows {
+                prop_assert!(close(got[r], want[r], mag[r]), "{:?} row {r}: {} vs {}", k.backend, got[r], want[r]);
+            }
+            (k.q2_f32)(&w, cols, &x, &mut got);
+            for r in 0..rows {
+                prop_assert!(close(got[r], want_f[r], mag_f[r]), "{:?} f32 row {r}: {} vs {}", k.backend, got[r], want_f[r]);
+            }
+        }
+    }
+
+    #[test]
+    fn q4_kernels_agree((rows, cols, d, codes, x) in shape().prop_flat_map(|(r, c)| (Just(r), Just(c), f16_scales(r * c / QK), prop::collection::vec(any::<u8>(), r * c / 2), act_values(c)))) {
+        let blocks = rows_with_scales(rows, cols / QK, &d, &codes);
+        let bytes: &[u8] = &blocks;
+        let act = quant_act(&x);
+        let xd: Vec<f32> = act.iter().flat_map(|a| a.qs.iter().map(move |&q| q as f32 * a.d)).collect();
+        let mag = magnitudes(QuantFormat::Q4, bytes, rows, cols, &xd);
+        let mag_f = magnitudes(QuantFormat::Q4, bytes, rows, cols, &x);
+        let mut want = vec![0.0; rows];
+        scalar::q4_q8(&blocks, cols, &act, &mut want);
+        let mut want_f = vec![0.0; rows];
+        scalar::q4_f32(&blocks, cols, &x, &mut want_f);
+        for k in others() {
+            let mut got = vec![0.0; rows];
+            (k.q4_q8)(&blocks, cols, &act, &mut got);
+            for r in 0..rows {
+                prop_assert!(close(got[r], want[r], mag[r]), "{:?} row {r}: {} vs {}", k.backend, got[r], want[r]);
+            }
+            (k.q4_f32)(&blocks, cols, &x, &mut got);
+            for r in 0..rows {
+                prop_assert!(close(got[r], want_f[r], mag_f[r]), "{:?} f32 row {r}: {} vs {}", k.backend, got[r], want_f[r]);
+            }
+        }
+    }
+
+    #[test]
+    fn q8_kernels_agree((rows, cols, d, codes, x) in shape().prop_flat_map(|(r, c)| (Just(r), Just(c), f16_scales(r * c / QK), prop::collection::vec(-127i8..=127, r * c), act_values(c)))) {
+        let codes: Vec<u8> = codes.iter().map(|&c| c as u8).collect();
+        let blocks = rows_with_scales(rows, cols / QK, &d, &codes);
+        let bytes: &[u8] = &blocks;
+        let act = quant_act(&x);
+        let xd: Vec<f32> = act.iter().flat_map(|a| a.qs.iter().map(move |&q| q as f32 * a.d)).collect();
+        let mag = magnitudes(QuantFormat::Q8, bytes, rows, cols, &xd);
+        let mag_f = magnitudes(QuantFormat::Q8, bytes, rows, cols, &x);
+        let mut want = vec![0.0; rows];
+        scalar::q8_q8(&blocks, cols, &act, &mut want);
+        let mut want_f = vec![0.0; rows];
+        scalar::q8_f32(&blocks, cols, &x, &mut want_f);
+        for k in others() {
+            let mut got = vec![0.0; rows];
+            (k.q8_q8)(&blocks, cols, &act, &mut got);
+            for r in 0..rows {
+                prop_assert!(close(got[r], want[r], mag[r]), "{:?} row {r}: {} vs {}", k.backend, got[r], want[r]);
+            }
+            (k.q8_f32)(&blocks, cols, &x, &mut got);
+            for r in 0..rows {
+                prop_assert!(close(got[r], want_f[r], mag_f[r]), "{:?} f32 row {r}: {} vs {}", k.backend, got[r], want_f[r]);
+            }
+        }
+    }
+
+    #[test]
+    fn float_kernels_agree(rows in 1usize..6, cols in 1usize..300, seed in prop::collection::vec(-1.0f32..1.0, 2048), mag in prop_oneof![Just(1e-20f32), Just(1.0), Just(1e15)]) {
+        let w: Vec<f32> = (0..rows * cols).map(|i| seed[i % 2048] * mag).collect();
+        let x: Vec<f32> = (0..cols).map(|i| seed[(i * 7 + 3) % 2048]).collect();
+        let h: Vec<u16> = (0..rows * cols).map(|i| f32_to_f16(seed[(i * 5) % 2048] * 1e3)).collect();
+        let m32: Vec<f32> = w.chunks(cols).map(|r| r.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum()).collect();
+        let m16: Vec<f32> = h.chunks(cols).map(|r| r.iter().zip(&x).map(|(&a, b)| (half::f16::from_bits(a).to_f32() * b).abs()).sum()).collect();
+        let mut want = vec![0.0; rows];
+        let mut want16 = vec![0.0; rows];
+        scalar::f32_f32(&w, cols, &x, &mut want);
+        scalar::f16_f32(&h, cols, &x, &mut want16);
+        let mut y0 = vec![0.5f32; cols];
+        scalar::axpy_f32(0.25, &x, &mut y0);
+        let q: Vec<i8> = (0..cols).map(|i| (seed[(i * 3) % 2048] * 127.0) as i8).collect();
+        let want_i8 = scalar::dot_i8_f32(&q, &x);
+        let mag_i8: f32 = q.iter().zip(&x).map(|(&a, b)| (a as f32 * b).abs()).sum();
+        let mut yq = vec![0.5f32; cols];
+        scalar::axpy_i8(0.25, &q, &mut yq);
+        let mut xa = x.clone();
+        xa.resize(cols.div_ceil(QK) * QK, 0.0);
+        let want_act = quant_act(&xa);
+        for k in others() {
+            let mut got = vec![0.0; rows];
+            (k.f32_f32)(&w, cols, &x, &mut got);
+            for r in 0..rows {
+                prop_assert!(close(got[r], want[r], m32[r]), "{:?} f32: {} vs {}", k.backend, got[r], want[r]);
+            }
+            (k.f16_f32)(&h, cols, &x, &mut got);
+            for r in 0..rows {
+                prop_assert!(close(got[r], want16[r], m16[r]), "{:?} f16: {} vs {}", k.backend, got[r], want16[r]);
+            }
+            prop_assert!(close((k.dot_f32)(&w[..cols], &x), want[0], m32[0]));
+            let mut y = vec![0.5f32; cols];
+            (k.axpy_f32)(0.25, &x, &mut y);
+            prop_assert_eq!(&y, &y0);
+            prop_assert!(close((k.dot_i8_f32)(&q, &x), want_i8, mag_i8));
+            let mut y = vec![0.5f32; cols];
+            (k.axpy_i8)(0.25, &q, &mut y);
+            prop_assert_eq!(&y, &yq);
+            let mut a = vec![bytemuck::Zeroable::zeroed(); xa.len() / QK];
+            prop_assert!((k.quantize_act)(&xa, &mut a));
+            prop_assert_eq!(&a, &want_act, "{:?} quantize_act", k.backend);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Batched `matmul` (row tiles x column tiles, rayon) of every family
+    /// against the scalar family, every format and activation mode.
+    #[test]
+    fn batched_matmul_agrees(rows in 1usize..70, nb in 1usize..20, n in 1usize..10, seed in prop::collection::vec(-1.0f32..1.0, 4096)) {
+        let cols = nb * QK;
+        let w: Vec<f32> = (0..rows * cols).map(|i| seed[(i * 13) % 4096] * (1.0 + (i / cols) as f32)).collect();
+        let x: Vec<f32> = (0..n * cols).map(|i| seed[(i * 7 + 1) % 4096] * 3.0).collect();
+        for fmt in QuantFormat::ALL {
+            let q = twain_quant::quantize(fmt, rows, cols, &w, &Default::default()).unwrap();
+            let deq = q.as_ref().dequantize();
+            for f32_act in [false, true] {
+                let run = |k: &Kernels, par| {
+                    let mut y = vec![f32::NAN; n * rows];
+                    if f32_act {
+                        twain_quant::matmul_f32_with(k, &q.as_ref(), &x, &mut y, par).unwrap();
+                    } else {
+                        twain_quant::matmul_with(k, &q.as_ref(), &x, &mut y, par).unwrap();
+                    }
+                    y
+                };
+                let want = run(&SCALAR, Parallelism::Sequential);
+                for k in others() {
+                    for par in [Parallelism::Sequential, Parallelism::Rayon] {
+                        let got = run(k, par);
+                        for j in 0..n {
+                            for r in 0..rows {
+                                let mag: f32 = (0..cols).map(|c| (deq[r * cols + c] * x[j * cols + c]).abs()).sum();
+                                let (a, b) = (got[j * rows + r], want[j * rows + r]);
+                                prop_assert!(close(a, b, mag), "{fmt} {:?} f32act={f32_act} {par:?} y[{j}][{r}]: {a} vs {b}", k.backend);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn scalar_is_always_available() {
+    println!(
+        "backends: {:?}, chosen {}",
+        available(),
+        twain_quant::backend_name()
+    );
+    assert_eq!(available()[0], SCALAR.backend);
+    assert!(!twain_quant::backend_name().is_empty());
+    let _ = Q2Block::from_codes(&[0; QK]);
+    let _ = Q8Block { qs: [0; 32] };
+}
+
+#[test]
+fn tiny_activation_blocks_agree() {
+    // A block whose scale would be subnormal (1 / d overflows) next to zeros.
+    let mut x = vec![0.0f32; 96];
+    x[0] = 1e-40;
+    x[33] = -3e-39;
+    x[64] = 1.0;
+    let want = quant_act(&x);
+    assert_eq!(want[0].qs, [0; 32]);
+    assert_eq!(want[2].qs[0], 127);
+    for k in others() {
+        let mut a = vec![bytemuck::Zeroable::zeroed(); 3];
+        assert!((k.quantize_act)(&x, &mut a));
+        assert_eq!(a, want, "{:?}", k.backend);
+    }
+    let mut q = [0i8; 32];
+    let s = twain_quant::int8::quantize_row(&x[..32], &mut q).unwrap();
+    assert_eq!(s, 0.0);
+    assert_eq!(q, [0; 32]);
+}
