@@ -14,14 +14,14 @@ use crate::Error;
 /// it (KV cache), and the sampler. Each turn prefills only the tokens that
 /// are new since the state last matched the transcript.
 pub struct Session<M: Model> {
-    model: M,
-    tokenizer: Arc<dyn Tokenize>,
-    chat: Arc<dyn ChatFormat>,
-    state: M::State,
-    tokens: Vec<TokenId>,
-    logits: Vec<f32>,
-    transcript: Vec<Message>,
-    sampler: Sampler,
+    pub(crate) model: M,
+    pub(crate) tokenizer: Arc<dyn Tokenize>,
+    pub(crate) chat: Arc<dyn ChatFormat>,
+    pub(crate) state: M::State,
+    pub(crate) tokens: Vec<TokenId>,
+    pub(crate) logits: Vec<f32>,
+    pub(crate) transcript: Vec<Message>,
+    pub(crate) sampler: Sampler,
 }
 
 impl<M: Model> Session<M> {
@@ -127,7 +127,7 @@ impl<M: Model> Session<M> {
 
     /// Make the state hold exactly `prompt`, reusing the longest common prefix
     /// with what it holds, and leave the last position's logits in `self.logits`.
-    fn prefill(&mut self, prompt: &[TokenId]) -> Result<(), Error> {
+    pub(crate) fn prefill(&mut self, prompt: &[TokenId]) -> Result<(), Error> {
         let limit = self.model.info().context_length;
         if prompt.is_empty() {
             return Err(Error::Tokenizer("the prompt encodes to no tokens".into()));
