@@ -98,6 +98,9 @@ enum Command {
         /// Retrofit a KV-sharing plan, e.g. 5:3.
         #[arg(long)]
         kv_share: Option<String>,
+        /// Skip the activation-statistics calibration of the q4 and afm presets.
+        #[arg(long)]
+        no_calibrate: bool,
     },
     /// Describe a model file: formats, sizes, bits per weight, KV plan.
     Inspect {
@@ -322,7 +325,9 @@ fn run(cmd: Command) -> Res<()> {
             }
             Ok(())
         }
-        Command::Convert { input, output, preset, kv_share } => convert_cmd(&input, &output, parse_preset(&preset)?, parse_share(&kv_share)?),
+        Command::Convert { input, output, preset, kv_share, no_calibrate } => {
+            convert_cmd(&input, &output, parse_preset(&preset)?, parse_share(&kv_share)?, !no_calibrate)
+        }
         Command::Inspect { path, json } => inspect(&path, json),
         Command::Bench { model, prompt_tokens, gen_tokens, reps, no_skip, json } => bench(&model, prompt_tokens, gen_tokens, reps, !no_skip, json),
         Command::Perplexity { model, file, ctx, kl_base, kl_base_preset, max_chunks, json } => {
@@ -355,14 +360,21 @@ fn run(cmd: Command) -> Res<()> {
     }
 }
 
-fn convert_cmd(input: &Path, output: &Path, preset: Preset, kv_share: Option<(usize, usize)>) -> Res<()> {
+fn convert_cmd(input: &Path, output: &Path, preset: Preset, kv_share: Option<(usize, usize)>, calibrate: bool) -> Res<()> {
     let t0 = Instant::now();
     let loaded = twain_io::load_model(input).map_err(|e| e.to_string())?;
     let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&loaded).map_err(|e| e.to_string())?;
     let json = tokenizer.to_json().map_err(|e| e.to_string())?;
+    let calibrated = calibrate && twain::engine::needs_calibration(preset);
+    let importance = if calibrated {
+        eprintln!("calibrating on the built-in text ({})", twain::engine::CALIBRATION_NAME);
+        twain::engine::calibrate_file(input, &tokenizer).map_err(|e| e.to_string())?
+    } else {
+        Default::default()
+    };
     let pb = progress_bar(&format!("quantizing ({})", preset.name()));
     let mut cb = convert_progress(&pb);
-    let mut m = twain_core::convert(loaded, preset, twain_core::ConvertOptions { kv_share, progress: Some(&mut cb), ..Default::default() })
+    let mut m = twain_core::convert(loaded, preset, twain_core::ConvertOptions { kv_share, progress: Some(&mut cb), importance, ..Default::default() })
         .map_err(|e| e.to_string())?;
     pb.finish_and_clear();
     if m.gguf.is_none() {
@@ -370,6 +382,12 @@ fn convert_cmd(input: &Path, output: &Path, preset: Preset, kv_share: Option<(us
     }
     m.provenance.insert("twain.preset".into(), preset.name().into());
     m.provenance.insert("twain.source".into(), input.display().to_string());
+    if calibrated {
+        m.provenance.insert("twain.calibration".into(), twain::engine::CALIBRATION_NAME.into());
+    }
+    if let Some((a, b)) = kv_share {
+        m.provenance.insert("twain.kv_share".into(), format!("{a}:{b}"));
+    }
     twain_io::write_native(output, &twain_io::NativeModel::from_loaded(&m), &mut |_| {}).map_err(|e| e.to_string())?;
     let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
     eprintln!("wrote {} ({:.1} MiB) in {:.1} s", output.display(), size as f64 / 1048576.0, t0.elapsed().as_secs_f64());

@@ -13,12 +13,12 @@ use crate::{Error, Session};
 
 /// The preset the default model is converted with: the smallest whose mean
 /// KL divergence against the f32 model is at least as good as llama.cpp
-/// Q4_0's on this model (see docs/quality.md).
+/// Q4_0's on this model (0.326 with calibration vs 0.353; docs/quality.md).
 pub const DEFAULT_PRESET: Preset = Preset::Q4;
 
 /// Bumped whenever a conversion of the default model would produce different
 /// bytes (format layouts, quantizer changes), so stale caches are not reused.
-pub const DEFAULT_CACHE_VERSION: u32 = 1;
+pub const DEFAULT_CACHE_VERSION: u32 = 2;
 
 /// How to load a model.
 pub struct LoadOptions<'a> {
@@ -36,6 +36,9 @@ pub struct LoadOptions<'a> {
     pub skip_shared_prefill: bool,
     /// Progress of a conversion: (done, total, tensor name).
     pub progress: Option<&'a mut dyn FnMut(usize, usize, &str)>,
+    /// Weigh quantization error by activation statistics from the built-in
+    /// calibration text when converting to a preset below 8 bits (on by default).
+    pub calibrate: bool,
 }
 
 impl Default for LoadOptions<'_> {
@@ -47,6 +50,7 @@ impl Default for LoadOptions<'_> {
             context_length: None,
             skip_shared_prefill: true,
             progress: None,
+            calibrate: true,
         }
     }
 }
@@ -77,6 +81,9 @@ impl Tokenize for TextTokenizer {
             .token_bytes(id)
             .map(|b| b.to_vec())
             .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+    fn is_special(&self, id: TokenId) -> bool {
+        self.0.is_special(id)
     }
 }
 
@@ -124,12 +131,18 @@ impl Engine {
         };
         let loaded = if preset.is_some() || opts.kv_share.is_some() {
             let preset = preset.unwrap_or(Preset::F32);
+            let importance = if opts.calibrate && needs_calibration(preset) {
+                calibrate_file(path, &tokenizer)?
+            } else {
+                Default::default()
+            };
             convert(
                 loaded,
                 preset,
                 ConvertOptions {
                     kv_share: opts.kv_share,
                     progress: opts.progress,
+                    importance,
                     ..Default::default()
                 },
             )
@@ -200,11 +213,17 @@ pub fn default_model_path(
     let loaded = twain_io::load_model(&gguf).map_err(load_err)?;
     let tokenizer = Tokenizer::from_loaded(&loaded).map_err(load_err)?;
     let tokenizer_json = tokenizer.to_json().map_err(load_err)?;
+    let importance = if needs_calibration(preset) {
+        calibrate_file(&gguf, &tokenizer)?
+    } else {
+        Default::default()
+    };
     let mut converted = convert(
         loaded,
         preset,
         ConvertOptions {
             progress,
+            importance,
             ..Default::default()
         },
     )
@@ -220,8 +239,44 @@ pub fn default_model_path(
     converted
         .provenance
         .insert("twain.source".into(), "SmolLM2-135M-Instruct.Q4_1.gguf".into());
+    if needs_calibration(preset) {
+        converted
+            .provenance
+            .insert("twain.calibration".into(), CALIBRATION_NAME.into());
+    }
     std::fs::create_dir_all(&dir).map_err(load_err)?;
     twain_io::write_native(&path, &twain_io::NativeModel::from_loaded(&converted), &mut |_| {})
         .map_err(load_err)?;
     Ok(path)
+}
+
+/// What the built-in calibration text is, for provenance.
+pub const CALIBRATION_NAME: &str = "kjv-exodus-1-20, first 8192 tokens, windows of 512";
+
+/// Presets whose quantizers are weighted by activation statistics.
+pub fn needs_calibration(preset: Preset) -> bool {
+    matches!(preset, Preset::Q4 | Preset::Afm)
+}
+
+/// Per-column importance of every linear layer of the model at `path`,
+/// measured at full precision on the built-in calibration text (Exodus 1-20,
+/// never the evaluation text).
+pub fn calibrate_file(
+    path: &Path,
+    tokenizer: &Tokenizer,
+) -> Result<std::collections::BTreeMap<String, Vec<f32>>, Error> {
+    let loaded = twain_io::load_model(path).map_err(load_err)?;
+    let model = Transformer::from_loaded(
+        loaded,
+        TransformerOptions {
+            kv_dtype: KvDtype::F32,
+            ..Default::default()
+        },
+    )
+    .map_err(load_err)?;
+    let tokens = tokenizer
+        .encode(twain_core::eval::CALIBRATION_TEXT, false)
+        .map_err(load_err)?;
+    let n = tokens.len().min(8192);
+    twain_core::eval::calibrate(&model, &tokens[..n], 512, |_, _| {}).map_err(load_err)
 }
