@@ -123,7 +123,8 @@ impl Engine {
         let loaded = twain_io::load_model(path).map_err(load_err)?;
         let tokenizer = Tokenizer::from_loaded(&loaded).map_err(load_err)?;
         let template = build_template(&loaded, &tokenizer)?;
-        let is_native = loaded.gguf.is_none() && loaded.provenance.contains_key("twain.preset");
+        // A twain native file records its preset; GGUF and HF sources do not.
+        let is_native = loaded.provenance.contains_key("twain.preset");
         let preset = match (opts.preset, is_native) {
             (Some(p), _) => Some(p),
             (None, true) => None,
