@@ -51,17 +51,12 @@
 pub mod engine;
 mod error;
 mod generate;
-pub mod guided;
 mod session;
 mod text;
 mod tokenize;
-pub mod tools;
 
 pub use error::Error;
 pub use generate::{CancelFlag, EndReason, Event, GenerateOptions, Generation};
-pub use guided::{GuidedError, GuidedOptions, TypedEvent};
-pub use tools::{Tool, ToolError};
-pub use twain_guide as guide;
 pub use session::Session;
 pub use text::{Piece, TextAssembler};
 pub use tokenize::{ChatFormat, ChatMl, Message, Role, Tokenize};
