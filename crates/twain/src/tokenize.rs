@@ -12,6 +12,13 @@ pub trait Tokenize: Send + Sync {
     fn encode(&self, text: &str) -> Result<Vec<TokenId>, Error>;
     /// The raw bytes token `id` stands for (may be part of a UTF-8 character).
     fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, Error>;
+    /// Whether `id` is a control token (e.g. `<|im_start|>`), which guided
+    /// generation never lets into generated text. Default: none is (stop
+    /// tokens are known from the model anyway).
+    fn is_special(&self, id: TokenId) -> bool {
+        let _ = id;
+        false
+    }
 }
 
 /// Who said a message.
