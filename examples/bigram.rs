@@ -7,7 +7,10 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use twain::{ChatMl, Event, GenerateOptions, Model, ModelError, ModelInfo, Sampler, Session, TokenId, Tokenize};
+use twain::{
+    ChatMl, Event, GenerateOptions, Model, ModelError, ModelInfo, Sampler, Session, TokenId,
+    Tokenize,
+};
 
 const TEXT: &str = "in the beginning was the word, and the word was with the sea. \
 the sea was wide and the wind was on the water. and there was evening and there was morning. ";
@@ -51,7 +54,12 @@ impl Model for Bigram {
     fn new_state(&self) -> Vec<TokenId> {
         Vec::new()
     }
-    fn forward(&self, state: &mut Vec<TokenId>, tokens: &[TokenId], logits: &mut [f32]) -> Result<(), ModelError> {
+    fn forward(
+        &self,
+        state: &mut Vec<TokenId>,
+        tokens: &[TokenId],
+        logits: &mut [f32],
+    ) -> Result<(), ModelError> {
         self.info.check_forward(state.len(), tokens, logits.len())?;
         state.extend_from_slice(tokens);
         let last = *tokens.last().expect("checked non-empty") as usize;
@@ -63,7 +71,10 @@ impl Model for Bigram {
     }
     fn truncate(&self, state: &mut Vec<TokenId>, len: usize) -> Result<(), ModelError> {
         if len > state.len() {
-            return Err(ModelError::TruncateBeyondEnd { len, position: state.len() });
+            return Err(ModelError::TruncateBeyondEnd {
+                len,
+                position: state.len(),
+            });
         }
         state.truncate(len);
         Ok(())
@@ -78,18 +89,32 @@ impl Tokenize for Bytes {
         Ok(text.bytes().map(TokenId::from).collect())
     }
     fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, twain::Error> {
-        u8::try_from(id).map(|b| vec![b]).map_err(|_| twain::Error::Tokenizer(format!("no token {id}")))
+        u8::try_from(id)
+            .map(|b| vec![b])
+            .map_err(|_| twain::Error::Tokenizer(format!("no token {id}")))
     }
 }
 
 fn main() -> Result<(), twain::Error> {
     let model = Bigram::learn(TEXT);
     let mut session = Session::new(model, Arc::new(Bytes), Arc::new(ChatMl));
-    session.set_sampler(Sampler::builder().temperature(0.8).top_k(8).seed(7).build()?);
+    session.set_sampler(
+        Sampler::builder()
+            .temperature(0.8)
+            .top_k(8)
+            .seed(7)
+            .build()?,
+    );
     let mut out = std::io::stdout().lock();
     for turn in ["tell me about the sea", "and the wind?"] {
         writeln!(out, "> {turn}").ok();
-        for event in session.respond(turn, GenerateOptions { max_tokens: 80, ..Default::default() })? {
+        for event in session.respond(
+            turn,
+            GenerateOptions {
+                max_tokens: 80,
+                ..Default::default()
+            },
+        )? {
             match event? {
                 Event::Text(t) => write!(out, "{t}").ok(),
                 Event::End(reason) => writeln!(out, "\n[{reason:?}]").ok(),

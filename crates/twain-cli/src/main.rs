@@ -13,7 +13,11 @@ use twain_core::{KvDtype, Preset, Transformer};
 mod perplexity;
 
 #[derive(Parser)]
-#[command(name = "twain", version, about = "Run small language models on-device (2-bit weights, int8 KV cache, KV sharing)")]
+#[command(
+    name = "twain",
+    version,
+    about = "Run small language models on-device (2-bit weights, int8 KV cache, KV sharing)"
+)]
 struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
@@ -73,6 +77,9 @@ enum Command {
         /// Feed the prompt as-is, without the chat template.
         #[arg(long)]
         raw: bool,
+        /// Answer with JSON valid under the JSON Schema in FILE (guided generation).
+        #[arg(long, value_name = "FILE", conflicts_with = "raw")]
+        schema: Option<PathBuf>,
         /// The prompt.
         prompt: String,
     },
@@ -166,7 +173,10 @@ type Res<T> = Result<T, String>;
 fn main() {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+        {
             eprintln!("twain: cannot set {n} threads: {e}");
             std::process::exit(2);
         }
@@ -183,9 +193,17 @@ fn parse_preset(s: &str) -> Res<Preset> {
 
 fn parse_share(s: &Option<String>) -> Res<Option<(usize, usize)>> {
     let Some(s) = s else { return Ok(None) };
-    let (a, b) = s.split_once(':').ok_or_else(|| format!("--kv-share {s:?}: expected A:B such as 5:3"))?;
-    let a = a.trim().parse().map_err(|_| format!("--kv-share {s:?}: {a:?} is not a number"))?;
-    let b = b.trim().parse().map_err(|_| format!("--kv-share {s:?}: {b:?} is not a number"))?;
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("--kv-share {s:?}: expected A:B such as 5:3"))?;
+    let a = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("--kv-share {s:?}: {a:?} is not a number"))?;
+    let b = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("--kv-share {s:?}: {b:?} is not a number"))?;
     Ok(Some((a, b)))
 }
 
@@ -233,7 +251,8 @@ fn load_engine(args: &ModelArgs, skip: bool) -> Res<Engine> {
         (Some(_), Some(p)) => Some(parse_preset(p)?),
         _ => None,
     };
-    let kv_dtype = KvDtype::from_name(&args.kv_cache).ok_or_else(|| format!("unknown --kv-cache {:?} (int8, f16, f32)", args.kv_cache))?;
+    let kv_dtype = KvDtype::from_name(&args.kv_cache)
+        .ok_or_else(|| format!("unknown --kv-cache {:?} (int8, f16, f32)", args.kv_cache))?;
     let pb = progress_bar("loading");
     let mut cb = convert_progress(&pb);
     let engine = Engine::load(
@@ -267,7 +286,49 @@ fn sampler(a: &SampleArgs) -> Res<Sampler> {
 }
 
 fn gen_opts(a: &SampleArgs) -> GenerateOptions {
-    GenerateOptions { max_tokens: a.max_tokens, stop: a.stop.clone(), cancel: None }
+    GenerateOptions {
+        max_tokens: a.max_tokens,
+        stop: a.stop.clone(),
+        cancel: None,
+    }
+}
+
+/// `twain generate --schema FILE`: stream JSON that the schema constrains.
+fn generate_json(
+    session: &mut twain::Session<std::sync::Arc<Transformer>>,
+    file: &std::path::Path,
+    prompt: &str,
+    sample: &SampleArgs,
+) -> Res<()> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let schema: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
+    let opts = twain::GuidedOptions {
+        generate: gen_opts(sample),
+        ..Default::default()
+    };
+    let mut out = std::io::stdout().lock();
+    let mut g = session
+        .respond_json_stream(prompt, &schema, opts)
+        .map_err(|e| e.to_string())?;
+    let mut end = None;
+    for ev in g.by_ref() {
+        match ev.map_err(|e| e.to_string())? {
+            Event::Text(t) => {
+                let _ = out.write_all(t.as_bytes());
+                let _ = out.flush();
+            }
+            Event::End(r) => end = Some(r),
+            Event::Token(_) => {}
+        }
+    }
+    let _ = out.write_all(b"\n");
+    match end {
+        Some(twain::EndReason::EndOfTurn) => Ok(()),
+        other => Err(format!(
+            "the JSON is incomplete ({other:?}); raise --max-tokens"
+        )),
+    }
 }
 
 fn stream(g: twain::Generation<'_, std::sync::Arc<Transformer>>) -> Res<()> {
@@ -287,10 +348,19 @@ fn stream(g: twain::Generation<'_, std::sync::Arc<Transformer>>) -> Res<()> {
 
 fn run(cmd: Command) -> Res<()> {
     match cmd {
-        Command::Generate { model, sample, raw, prompt } => {
+        Command::Generate {
+            model,
+            sample,
+            raw,
+            schema,
+            prompt,
+        } => {
             let engine = load_engine(&model, true)?;
             let mut session = engine.session();
             session.set_sampler(sampler(&sample)?);
+            if let Some(file) = schema {
+                return generate_json(&mut session, &file, &prompt, &sample);
+            }
             let g = if raw {
                 session.complete(&prompt, gen_opts(&sample))
             } else {
@@ -299,19 +369,31 @@ fn run(cmd: Command) -> Res<()> {
             .map_err(|e| e.to_string())?;
             stream(g)
         }
-        Command::Chat { model, sample, system } => {
+        Command::Chat {
+            model,
+            sample,
+            system,
+        } => {
             let engine = load_engine(&model, true)?;
             let mut session = engine.session();
             if let Some(s) = system {
                 session = session.with_system(s);
             }
             session.set_sampler(sampler(&sample)?);
-            eprintln!("twain chat: {} — type a message, an empty line or Ctrl-D ends.", engine.model.info().name);
+            eprintln!(
+                "twain chat: {} — type a message, an empty line or Ctrl-D ends.",
+                engine.model.info().name
+            );
             let stdin = std::io::stdin();
             loop {
                 eprint!("> ");
                 let mut line = String::new();
-                if stdin.lock().read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+                if stdin
+                    .lock()
+                    .read_line(&mut line)
+                    .map_err(|e| e.to_string())?
+                    == 0
+                {
                     break;
                 }
                 let line = line.trim_end_matches(['\n', '\r']);
@@ -325,21 +407,52 @@ fn run(cmd: Command) -> Res<()> {
             }
             Ok(())
         }
-        Command::Convert { input, output, preset, kv_share, no_calibrate } => {
-            convert_cmd(&input, &output, parse_preset(&preset)?, parse_share(&kv_share)?, !no_calibrate)
-        }
+        Command::Convert {
+            input,
+            output,
+            preset,
+            kv_share,
+            no_calibrate,
+        } => convert_cmd(
+            &input,
+            &output,
+            parse_preset(&preset)?,
+            parse_share(&kv_share)?,
+            !no_calibrate,
+        ),
         Command::Inspect { path, json } => inspect(&path, json),
-        Command::Bench { model, prompt_tokens, gen_tokens, reps, no_skip, json } => bench(&model, prompt_tokens, gen_tokens, reps, !no_skip, json),
-        Command::Perplexity { model, file, ctx, kl_base, kl_base_preset, max_chunks, json } => {
+        Command::Bench {
+            model,
+            prompt_tokens,
+            gen_tokens,
+            reps,
+            no_skip,
+            json,
+        } => bench(&model, prompt_tokens, gen_tokens, reps, !no_skip, json),
+        Command::Perplexity {
+            model,
+            file,
+            ctx,
+            kl_base,
+            kl_base_preset,
+            max_chunks,
+            json,
+        } => {
             let engine = load_engine(&model, true)?;
             let base = match kl_base {
                 Some(p) => Some(load_engine(
-                    &ModelArgs { model: Some(p), preset: Some(kl_base_preset), kv_share: None, kv_cache: "f32".into() },
+                    &ModelArgs {
+                        model: Some(p),
+                        preset: Some(kl_base_preset),
+                        kv_share: None,
+                        kv_cache: "f32".into(),
+                    },
                     true,
                 )?),
                 None => None,
             };
-            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let r = perplexity::run(&engine, base.as_ref(), &text, ctx, max_chunks)?;
             if json {
                 println!("{}", r.to_json());
@@ -353,51 +466,87 @@ fn run(cmd: Command) -> Res<()> {
                 Some(p) => parse_preset(&p)?,
                 None => DEFAULT_PRESET,
             };
-            let path = resolve_model(&ModelArgs { model: None, preset: Some(preset.name().into()), kv_share: None, kv_cache: "int8".into() })?;
+            let path = resolve_model(&ModelArgs {
+                model: None,
+                preset: Some(preset.name().into()),
+                kv_share: None,
+                kv_cache: "int8".into(),
+            })?;
             println!("{}", path.display());
             Ok(())
         }
     }
 }
 
-fn convert_cmd(input: &Path, output: &Path, preset: Preset, kv_share: Option<(usize, usize)>, calibrate: bool) -> Res<()> {
+fn convert_cmd(
+    input: &Path,
+    output: &Path,
+    preset: Preset,
+    kv_share: Option<(usize, usize)>,
+    calibrate: bool,
+) -> Res<()> {
     let t0 = Instant::now();
     let loaded = twain_io::load_model(input).map_err(|e| e.to_string())?;
     let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&loaded).map_err(|e| e.to_string())?;
     let json = tokenizer.to_json().map_err(|e| e.to_string())?;
     let calibrated = calibrate && twain::engine::needs_calibration(preset);
     let importance = if calibrated {
-        eprintln!("calibrating on the built-in text ({})", twain::engine::CALIBRATION_NAME);
+        eprintln!(
+            "calibrating on the built-in text ({})",
+            twain::engine::CALIBRATION_NAME
+        );
         twain::engine::calibrate_file(input, &tokenizer).map_err(|e| e.to_string())?
     } else {
         Default::default()
     };
     let pb = progress_bar(&format!("quantizing ({})", preset.name()));
     let mut cb = convert_progress(&pb);
-    let mut m = twain_core::convert(loaded, preset, twain_core::ConvertOptions { kv_share, progress: Some(&mut cb), importance, ..Default::default() })
-        .map_err(|e| e.to_string())?;
+    let mut m = twain_core::convert(
+        loaded,
+        preset,
+        twain_core::ConvertOptions {
+            kv_share,
+            progress: Some(&mut cb),
+            importance,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
     pb.finish_and_clear();
     if m.gguf.is_none() {
         m.tokenizer_json = Some(json);
     }
-    m.provenance.insert("twain.preset".into(), preset.name().into());
-    m.provenance.insert("twain.source".into(), input.display().to_string());
+    m.provenance
+        .insert("twain.preset".into(), preset.name().into());
+    m.provenance
+        .insert("twain.source".into(), input.display().to_string());
     if calibrated {
-        m.provenance.insert("twain.calibration".into(), twain::engine::CALIBRATION_NAME.into());
+        m.provenance.insert(
+            "twain.calibration".into(),
+            twain::engine::CALIBRATION_NAME.into(),
+        );
     }
     if let Some((a, b)) = kv_share {
-        m.provenance.insert("twain.kv_share".into(), format!("{a}:{b}"));
+        m.provenance
+            .insert("twain.kv_share".into(), format!("{a}:{b}"));
     }
-    twain_io::write_native(output, &twain_io::NativeModel::from_loaded(&m), &mut |_| {}).map_err(|e| e.to_string())?;
+    twain_io::write_native(output, &twain_io::NativeModel::from_loaded(&m), &mut |_| {})
+        .map_err(|e| e.to_string())?;
     let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
-    eprintln!("wrote {} ({:.1} MiB) in {:.1} s", output.display(), size as f64 / 1048576.0, t0.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {} ({:.1} MiB) in {:.1} s",
+        output.display(),
+        size as f64 / 1048576.0,
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn inspect(path: &Path, json: bool) -> Res<()> {
     let loaded = twain_io::load_model(path).map_err(|e| e.to_string())?;
     let c = loaded.config.clone();
-    let mut by_format: std::collections::BTreeMap<&'static str, (usize, usize, usize)> = Default::default();
+    let mut by_format: std::collections::BTreeMap<&'static str, (usize, usize, usize)> =
+        Default::default();
     let mut total_bytes = 0usize;
     let mut total_params = 0usize;
     for t in loaded.tensors.values() {
@@ -410,9 +559,20 @@ fn inspect(path: &Path, json: bool) -> Res<()> {
         total_bytes += b;
         total_params += n;
     }
-    let owners = c.kv_source.iter().enumerate().filter(|(l, s)| l == *s).count();
+    let owners = c
+        .kv_source
+        .iter()
+        .enumerate()
+        .filter(|(l, s)| l == *s)
+        .count();
     let kv_row = |d: KvDtype| 2 * owners * c.n_kv_heads * d.row_bytes(c.head_dim);
-    let plan: Vec<String> = c.kv_source.iter().enumerate().filter(|(l, s)| l != *s).map(|(l, s)| format!("{l}->{s}")).collect();
+    let plan: Vec<String> = c
+        .kv_source
+        .iter()
+        .enumerate()
+        .filter(|(l, s)| l != *s)
+        .map(|(l, s)| format!("{l}->{s}"))
+        .collect();
     if json {
         let formats: Vec<serde_json::Value> = by_format
             .iter()
@@ -432,13 +592,47 @@ fn inspect(path: &Path, json: bool) -> Res<()> {
         return Ok(());
     }
     println!("{}", path.display());
-    println!("  arch {} | {} layers | d {} | heads {}/{} x {} | ffn {} | vocab {} | context {}", c.arch, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_hidden, c.vocab_size, c.context_length);
-    println!("  {:.1} M params, {:.1} MiB, {:.2} bits/weight", total_params as f64 / 1e6, total_bytes as f64 / 1048576.0, 8.0 * total_bytes as f64 / total_params as f64);
+    println!(
+        "  arch {} | {} layers | d {} | heads {}/{} x {} | ffn {} | vocab {} | context {}",
+        c.arch,
+        c.n_layers,
+        c.d_model,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.ffn_hidden,
+        c.vocab_size,
+        c.context_length
+    );
+    println!(
+        "  {:.1} M params, {:.1} MiB, {:.2} bits/weight",
+        total_params as f64 / 1e6,
+        total_bytes as f64 / 1048576.0,
+        8.0 * total_bytes as f64 / total_params as f64
+    );
     for (f, (count, n, b)) in &by_format {
-        println!("  {f:>4}: {count:>4} tensors, {:>8.2} M params, {:>8.2} MiB, {:.3} bits/weight", *n as f64 / 1e6, *b as f64 / 1048576.0, 8.0 * *b as f64 / *n as f64);
+        println!(
+            "  {f:>4}: {count:>4} tensors, {:>8.2} M params, {:>8.2} MiB, {:.3} bits/weight",
+            *n as f64 / 1e6,
+            *b as f64 / 1048576.0,
+            8.0 * *b as f64 / *n as f64
+        );
     }
-    println!("  KV: {owners} of {} layers own K/V{}", c.n_layers, if plan.is_empty() { String::new() } else { format!(" (shared: {})", plan.join(" ")) });
-    println!("  KV cache per token: int8 {} B, f16 {} B, f32 {} B", kv_row(KvDtype::Int8), kv_row(KvDtype::F16), kv_row(KvDtype::F32));
+    println!(
+        "  KV: {owners} of {} layers own K/V{}",
+        c.n_layers,
+        if plan.is_empty() {
+            String::new()
+        } else {
+            format!(" (shared: {})", plan.join(" "))
+        }
+    );
+    println!(
+        "  KV cache per token: int8 {} B, f16 {} B, f32 {} B",
+        kv_row(KvDtype::Int8),
+        kv_row(KvDtype::F16),
+        kv_row(KvDtype::F32)
+    );
     for (k, v) in &loaded.provenance {
         println!("  {k}: {v}");
     }
@@ -452,26 +646,41 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn bench(args: &ModelArgs, prompt_tokens: usize, gen_tokens: usize, reps: usize, skip: bool, json: bool) -> Res<()> {
+fn bench(
+    args: &ModelArgs,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    reps: usize,
+    skip: bool,
+    json: bool,
+) -> Res<()> {
     let t0 = Instant::now();
     let engine = load_engine(args, skip)?;
     let load_s = t0.elapsed().as_secs_f64();
     let model = &engine.model;
     let vocab = model.info().vocab_size as u32;
-    let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let prompt: Vec<u32> = (0..prompt_tokens as u32)
+        .map(|i| (i * 7919 + 13) % vocab)
+        .collect();
     let mut logits = vec![0.0f32; vocab as usize];
     let (mut best_pp, mut best_tg) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..reps.max(1) {
         let mut state = model.new_state();
         let t = Instant::now();
-        model.forward(&mut state, &prompt, &mut logits).map_err(|e| e.to_string())?;
+        model
+            .forward(&mut state, &prompt, &mut logits)
+            .map_err(|e| e.to_string())?;
         best_pp = best_pp.min(t.elapsed().as_secs_f64());
         let mut state = model.new_state();
-        model.forward(&mut state, &prompt[..1], &mut logits).map_err(|e| e.to_string())?;
+        model
+            .forward(&mut state, &prompt[..1], &mut logits)
+            .map_err(|e| e.to_string())?;
         let t = Instant::now();
         let mut tok = 1u32;
         for _ in 0..gen_tokens {
-            model.forward(&mut state, &[tok], &mut logits).map_err(|e| e.to_string())?;
+            model
+                .forward(&mut state, &[tok], &mut logits)
+                .map_err(|e| e.to_string())?;
             tok = twain_sample::argmax(&logits).unwrap_or(1);
         }
         best_tg = best_tg.min(t.elapsed().as_secs_f64());
@@ -482,17 +691,33 @@ fn bench(args: &ModelArgs, prompt_tokens: usize, gen_tokens: usize, reps: usize,
     let wbytes = model.weight_bytes();
     let rss = peak_rss_mib().unwrap_or(0.0);
     if json {
-        println!("{}", serde_json::json!({
-            "model": model.info().name, "threads": threads, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
-            "prefill_tok_s": pp, "decode_tok_s": tg, "ttft_ms": best_pp * 1e3, "load_s": load_s,
-            "peak_rss_mib": rss, "weight_bytes": wbytes, "decode_weight_gb_s": wbytes as f64 * tg / 1e9,
-            "kv_bytes_per_token": model.kv_bytes_per_token(), "skip_shared_prefill": skip, "kernels": twain_quant::backend_name(),
-        }));
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": model.info().name, "threads": threads, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+                "prefill_tok_s": pp, "decode_tok_s": tg, "ttft_ms": best_pp * 1e3, "load_s": load_s,
+                "peak_rss_mib": rss, "weight_bytes": wbytes, "decode_weight_gb_s": wbytes as f64 * tg / 1e9,
+                "kv_bytes_per_token": model.kv_bytes_per_token(), "skip_shared_prefill": skip, "kernels": twain_quant::backend_name(),
+            })
+        );
     } else {
-        println!("threads {threads} | kernels {}", twain_quant::backend_name());
-        println!("prefill {prompt_tokens} tokens: {pp:.1} tok/s (time to first token {:.1} ms)", best_pp * 1e3);
-        println!("decode {gen_tokens} tokens: {tg:.1} tok/s ({:.1} GB/s of weights)", wbytes as f64 * tg / 1e9);
-        println!("load {load_s:.2} s | peak RSS {rss:.0} MiB | weights {:.1} MiB | KV {} B/token", wbytes as f64 / 1048576.0, model.kv_bytes_per_token());
+        println!(
+            "threads {threads} | kernels {}",
+            twain_quant::backend_name()
+        );
+        println!(
+            "prefill {prompt_tokens} tokens: {pp:.1} tok/s (time to first token {:.1} ms)",
+            best_pp * 1e3
+        );
+        println!(
+            "decode {gen_tokens} tokens: {tg:.1} tok/s ({:.1} GB/s of weights)",
+            wbytes as f64 * tg / 1e9
+        );
+        println!(
+            "load {load_s:.2} s | peak RSS {rss:.0} MiB | weights {:.1} MiB | KV {} B/token",
+            wbytes as f64 / 1048576.0,
+            model.kv_bytes_per_token()
+        );
     }
     Ok(())
 }

@@ -25,21 +25,49 @@ impl Report {
             "{} tokens, {} windows of {}, {} scored\nperplexity {:.4}",
             self.tokens, self.r.chunks, self.ctx, self.r.scored, self.r.perplexity
         );
-        if let (Some(k), Some(a), Some(b)) = (self.r.mean_kld, self.r.top1_agreement, self.r.base_perplexity) {
-            s.push_str(&format!("\nbase perplexity {b:.4}\nmean KL divergence {k:.5}\nsame top-1 {:.2} %", 100.0 * a));
+        if let (Some(k), Some(a), Some(b)) = (
+            self.r.mean_kld,
+            self.r.top1_agreement,
+            self.r.base_perplexity,
+        ) {
+            s.push_str(&format!(
+                "\nbase perplexity {b:.4}\nmean KL divergence {k:.5}\nsame top-1 {:.2} %",
+                100.0 * a
+            ));
         }
         s
     }
 }
 
-pub(crate) fn run(engine: &Engine, base: Option<&Engine>, text: &str, ctx: usize, max_chunks: Option<usize>) -> Res<Report> {
-    let tokens = engine.tokenizer.0.encode(text, false).map_err(|e| e.to_string())?;
+pub(crate) fn run(
+    engine: &Engine,
+    base: Option<&Engine>,
+    text: &str,
+    ctx: usize,
+    max_chunks: Option<usize>,
+) -> Res<Report> {
+    let tokens = engine
+        .tokenizer
+        .0
+        .encode(text, false)
+        .map_err(|e| e.to_string())?;
     let pb = progress_bar("perplexity");
-    let r = perplexity(&engine.model, base.map(|b| &*b.model), &tokens, ctx, max_chunks, |d, t| {
-        pb.set_length(t as u64);
-        pb.set_position(d as u64);
-    })
+    let r = perplexity(
+        &engine.model,
+        base.map(|b| &*b.model),
+        &tokens,
+        ctx,
+        max_chunks,
+        |d, t| {
+            pb.set_length(t as u64);
+            pb.set_position(d as u64);
+        },
+    )
     .map_err(|e| e.to_string())?;
     pb.finish_and_clear();
-    Ok(Report { r, ctx, tokens: tokens.len() })
+    Ok(Report {
+        r,
+        ctx,
+        tokens: tokens.len(),
+    })
 }

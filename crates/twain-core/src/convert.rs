@@ -25,7 +25,13 @@ pub enum Preset {
 
 impl Preset {
     /// Every preset, smallest first.
-    pub const ALL: [Preset; 5] = [Preset::Afm, Preset::Q4, Preset::Q8, Preset::F16, Preset::F32];
+    pub const ALL: [Preset; 5] = [
+        Preset::Afm,
+        Preset::Q4,
+        Preset::Q8,
+        Preset::F16,
+        Preset::F32,
+    ];
 
     /// Name used on the command line and in files.
     pub fn name(self) -> &'static str {
@@ -96,8 +102,13 @@ pub fn kv_share_plan(n_layers: usize, a: usize, b: usize) -> Result<Vec<usize>, 
     }
     let n1 = ((a as f64 / (a + b) as f64) * n_layers as f64).round() as usize;
     let n1 = n1.clamp(1, n_layers);
-    Ok((0..n_layers).map(|l| if l < n1 { l } else { n1 - 1 }).collect())
+    Ok((0..n_layers)
+        .map(|l| if l < n1 { l } else { n1 - 1 })
+        .collect())
 }
+
+/// Progress callback: (done, total, tensor name).
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, &str);
 
 /// Options for [`convert`].
 #[derive(Default)]
@@ -107,13 +118,17 @@ pub struct ConvertOptions<'a> {
     /// Per-tensor importance (mean squared input per column) from calibration.
     pub importance: BTreeMap<String, Vec<f32>>,
     /// Called after each tensor with (done, total, name).
-    pub progress: Option<&'a mut dyn FnMut(usize, usize, &str)>,
+    pub progress: Option<Progress<'a>>,
     /// Override the preset's format for the embedding table / LM head.
     pub embedding_format: Option<QuantFormat>,
 }
 
 /// Re-quantize every tensor of `model` per `preset` (and retrofit a plan).
-pub fn convert(mut model: LoadedModel, preset: Preset, mut opts: ConvertOptions<'_>) -> Result<LoadedModel, CoreError> {
+pub fn convert(
+    mut model: LoadedModel,
+    preset: Preset,
+    mut opts: ConvertOptions<'_>,
+) -> Result<LoadedModel, CoreError> {
     if let Some((a, b)) = opts.kv_share {
         let plan = kv_share_plan(model.config.n_layers, a, b)?;
         apply_plan(&mut model, plan)?;
@@ -125,7 +140,9 @@ pub fn convert(mut model: LoadedModel, preset: Preset, mut opts: ConvertOptions<
         let shape = t.shape().to_vec();
         let mut target = preset.format_for(name, &shape);
         if let Some(f) = opts.embedding_format {
-            if (name == "token_embd.weight" || name == "output.weight") && f.row_bytes(shape[1]).is_ok() {
+            if (name == "token_embd.weight" || name == "output.weight")
+                && f.row_bytes(shape[1]).is_ok()
+            {
                 target = f;
             }
         }
@@ -138,8 +155,12 @@ pub fn convert(mut model: LoadedModel, preset: Preset, mut opts: ConvertOptions<
                     importance: opts.importance.get(name).cloned(),
                     no_clip_search: false,
                 };
-                let m = quantize(target, shape[0], shape[1], &data, &qopts)
-                    .map_err(|e| CoreError::Tensor { name: name.clone(), problem: e.to_string() })?;
+                let m = quantize(target, shape[0], shape[1], &data, &qopts).map_err(|e| {
+                    CoreError::Tensor {
+                        name: name.clone(),
+                        problem: e.to_string(),
+                    }
+                })?;
                 Tensor::from_qmatrix(name.clone(), shape, m)?
             };
             model.tensors.insert(name.clone(), new);
@@ -156,11 +177,20 @@ pub fn convert(mut model: LoadedModel, preset: Preset, mut opts: ConvertOptions<
 pub fn apply_plan(model: &mut LoadedModel, plan: Vec<usize>) -> Result<(), CoreError> {
     let cfg: &mut ModelConfig = &mut model.config;
     if plan.len() != cfg.n_layers {
-        return Err(CoreError::Config(format!("plan has {} entries for {} layers", plan.len(), cfg.n_layers)));
+        return Err(CoreError::Config(format!(
+            "plan has {} entries for {} layers",
+            plan.len(),
+            cfg.n_layers
+        )));
     }
     for (l, &s) in plan.iter().enumerate() {
         if s != l {
-            for n in ["attn_k.weight", "attn_v.weight", "attn_k.bias", "attn_v.bias"] {
+            for n in [
+                "attn_k.weight",
+                "attn_v.weight",
+                "attn_k.bias",
+                "attn_v.bias",
+            ] {
                 model.tensors.remove(&format!("blk.{l}.{n}"));
             }
         }

@@ -53,7 +53,9 @@ pub fn perplexity(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<EvalReport, ModelError> {
     if ctx < 4 {
-        return Err(ModelError::Other(format!("window length {ctx} is too short")));
+        return Err(ModelError::Other(format!(
+            "window length {ctx} is too short"
+        )));
     }
     let mut chunks = tokens.len() / ctx;
     if let Some(m) = max_chunks {
@@ -67,7 +69,8 @@ pub fn perplexity(
     }
     let v = model.info().vocab_size;
     let first = ctx / 2;
-    let (mut nll, mut base_nll, mut kld, mut agree, mut scored) = (0.0f64, 0.0f64, 0.0f64, 0usize, 0usize);
+    let (mut nll, mut base_nll, mut kld, mut agree, mut scored) =
+        (0.0f64, 0.0f64, 0.0f64, 0usize, 0usize);
     let (mut lp, mut lq) = (Vec::new(), Vec::new());
     for c in 0..chunks {
         let window = &tokens[c * ctx..(c + 1) * ctx];
@@ -89,7 +92,11 @@ pub fn perplexity(
                 let brow = &bl[j * v..(j + 1) * v];
                 log_softmax(brow, &mut lp);
                 base_nll -= lp[next];
-                kld += lp.iter().zip(&lq).map(|(&p, &q)| p.exp() * (p - q)).sum::<f64>();
+                kld += lp
+                    .iter()
+                    .zip(&lq)
+                    .map(|(&p, &q)| p.exp() * (p - q))
+                    .sum::<f64>();
                 if argmax(row) == argmax(brow) {
                     agree += 1;
                 }
@@ -126,7 +133,9 @@ pub fn calibrate(
     for (w, window) in windows.iter().enumerate() {
         let mut state = model.new_state();
         let mut observe = |name: &str, x: &[f32], cols: usize| {
-            let entry = sums.entry(name.to_string()).or_insert_with(|| (vec![0.0; cols], 0));
+            let entry = sums
+                .entry(name.to_string())
+                .or_insert_with(|| (vec![0.0; cols], 0));
             if entry.0.len() != cols {
                 return;
             }
@@ -142,7 +151,14 @@ pub fn calibrate(
     }
     Ok(sums
         .into_iter()
-        .map(|(k, (s, n))| (k, s.into_iter().map(|v| (v / n.max(1) as f64) as f32).collect()))
+        .map(|(k, (s, n))| {
+            (
+                k,
+                s.into_iter()
+                    .map(|v| (v / n.max(1) as f64) as f32)
+                    .collect(),
+            )
+        })
         .collect())
 }
 

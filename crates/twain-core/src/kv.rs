@@ -170,7 +170,14 @@ impl LayerCache {
 
     /// Attention of one query head `q` (already scaled) over positions `0..=last`
     /// of kv head `g`, written to `out` (head_dim). `scores` is scratch of len >= last + 1.
-    pub(crate) fn attend(&self, q: &[f32], g: usize, last: usize, scores: &mut [f32], out: &mut [f32]) {
+    pub(crate) fn attend(
+        &self,
+        q: &[f32],
+        g: usize,
+        last: usize,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
         let dim = self.head_dim;
         let n = last + 1;
         let scores = &mut scores[..n];

@@ -32,7 +32,7 @@ mod rope;
 pub mod synthetic;
 mod transformer;
 
-pub use convert::{apply_plan, convert, kv_share_plan, ConvertOptions, Preset};
+pub use convert::{apply_plan, convert, kv_share_plan, ConvertOptions, Preset, Progress};
 pub use error::CoreError;
 pub use kv::KvDtype;
 pub use transformer::{validate_config, Observer, State, Transformer, TransformerOptions};

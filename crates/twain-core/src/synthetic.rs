@@ -80,7 +80,11 @@ pub fn afm_config() -> ModelConfig {
 /// Random weights for `config` (with its KV plan), each tensor stored in the
 /// format `preset` gives it. Linear weights are scaled like a trained model's
 /// (std ~ 1/sqrt(cols)) so activations stay in range.
-pub fn random_model(config: &ModelConfig, preset: Preset, seed: u64) -> Result<LoadedModel, CoreError> {
+pub fn random_model(
+    config: &ModelConfig,
+    preset: Preset,
+    seed: u64,
+) -> Result<LoadedModel, CoreError> {
     crate::transformer::validate_config(config)?;
     let c = config;
     let (d, hd) = (c.d_model, c.head_dim);
@@ -137,7 +141,16 @@ pub fn random_model(config: &ModelConfig, preset: Preset, seed: u64) -> Result<L
         let t = if format == QuantFormat::F32 {
             Tensor::from_f32(name.clone(), shape, data)?
         } else {
-            let m = quantize(format, shape[0], shape[1], &data, &QuantizeOptions { importance: None, no_clip_search: true })?;
+            let m = quantize(
+                format,
+                shape[0],
+                shape[1],
+                &data,
+                &QuantizeOptions {
+                    importance: None,
+                    no_clip_search: true,
+                },
+            )?;
             Tensor::from_qmatrix(name.clone(), shape, m)?
         };
         tensors.insert(name, t);

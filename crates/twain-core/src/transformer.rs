@@ -53,8 +53,6 @@ struct Layer {
     w_down: Tensor,
     /// Index into the state's caches of the cache this layer reads.
     cache: usize,
-    /// This layer writes that cache.
-    owns_kv: bool,
 }
 
 /// Inputs of the linear layers seen during a forward pass, for calibration
@@ -164,7 +162,10 @@ fn vector(t: Tensor, len: usize) -> Result<Vec<f32>, CoreError> {
 
 impl Transformer {
     /// Build from a loaded model description (any mix of twain formats).
-    pub fn from_loaded(mut model: LoadedModel, opts: TransformerOptions) -> Result<Self, CoreError> {
+    pub fn from_loaded(
+        mut model: LoadedModel,
+        opts: TransformerOptions,
+    ) -> Result<Self, CoreError> {
         let c = model.config.clone();
         validate_config(&c)?;
         let (d, hd) = (c.d_model, c.head_dim);
@@ -183,9 +184,9 @@ impl Transformer {
         let mut cache_of = vec![usize::MAX; c.n_layers];
         let mut n_caches = 0;
         let mut last_owner = 0;
-        for l in 0..c.n_layers {
+        for (l, slot) in cache_of.iter_mut().enumerate() {
             if c.kv_source[l] == l {
-                cache_of[l] = n_caches;
+                *slot = n_caches;
                 n_caches += 1;
                 last_owner = l;
             }
@@ -194,11 +195,12 @@ impl Transformer {
         for l in 0..c.n_layers {
             let p = format!("blk.{l}.");
             let owns_kv = c.kv_source[l] == l;
-            let mat = |m: &mut LoadedModel, n: &str, shape: [usize; 2]| -> Result<Tensor, CoreError> {
-                let t = take(m, &format!("{p}{n}.weight"))?;
-                check_shape(&t, &shape)?;
-                Ok(t)
-            };
+            let mat =
+                |m: &mut LoadedModel, n: &str, shape: [usize; 2]| -> Result<Tensor, CoreError> {
+                    let t = take(m, &format!("{p}{n}.weight"))?;
+                    check_shape(&t, &shape)?;
+                    Ok(t)
+                };
             let wq = mat(&mut model, "attn_q", [q_dim, d])?;
             let (wk, wv) = if owns_kv {
                 (
@@ -206,7 +208,12 @@ impl Transformer {
                     Some(mat(&mut model, "attn_v", [kv_dim, d])?),
                 )
             } else {
-                for n in ["attn_k.weight", "attn_v.weight", "attn_k.bias", "attn_v.bias"] {
+                for n in [
+                    "attn_k.weight",
+                    "attn_v.weight",
+                    "attn_k.bias",
+                    "attn_v.bias",
+                ] {
                     if model.tensors.contains_key(&format!("{p}{n}")) {
                         return Err(CoreError::Tensor {
                             name: format!("{p}{n}"),
@@ -225,22 +232,48 @@ impl Transformer {
             let w_down = mat(&mut model, "ffn_down", [d, c.ffn_hidden])?;
             let attn_norm = vector(take(&mut model, &format!("{p}attn_norm.weight"))?, d)?;
             let ffn_norm = vector(take(&mut model, &format!("{p}ffn_norm.weight"))?, d)?;
-            let opt_vec = |m: &mut LoadedModel, n: &str, len: usize| -> Result<Option<Vec<f32>>, CoreError> {
-                take_opt(m, &format!("{p}{n}")).map(|t| vector(t, len)).transpose()
-            };
+            let opt_vec =
+                |m: &mut LoadedModel, n: &str, len: usize| -> Result<Option<Vec<f32>>, CoreError> {
+                    take_opt(m, &format!("{p}{n}"))
+                        .map(|t| vector(t, len))
+                        .transpose()
+                };
             let (bq, bk, bv) = if c.qkv_bias {
                 (
-                    Some(opt_vec(&mut model, "attn_q.bias", q_dim)?.ok_or_else(|| missing(&p, "attn_q.bias"))?),
-                    if owns_kv { Some(opt_vec(&mut model, "attn_k.bias", kv_dim)?.ok_or_else(|| missing(&p, "attn_k.bias"))?) } else { None },
-                    if owns_kv { Some(opt_vec(&mut model, "attn_v.bias", kv_dim)?.ok_or_else(|| missing(&p, "attn_v.bias"))?) } else { None },
+                    Some(
+                        opt_vec(&mut model, "attn_q.bias", q_dim)?
+                            .ok_or_else(|| missing(&p, "attn_q.bias"))?,
+                    ),
+                    if owns_kv {
+                        Some(
+                            opt_vec(&mut model, "attn_k.bias", kv_dim)?
+                                .ok_or_else(|| missing(&p, "attn_k.bias"))?,
+                        )
+                    } else {
+                        None
+                    },
+                    if owns_kv {
+                        Some(
+                            opt_vec(&mut model, "attn_v.bias", kv_dim)?
+                                .ok_or_else(|| missing(&p, "attn_v.bias"))?,
+                        )
+                    } else {
+                        None
+                    },
                 )
             } else {
                 (None, None, None)
             };
             let (q_norm, k_norm) = if c.qk_norm {
                 (
-                    Some(opt_vec(&mut model, "attn_q_norm.weight", hd)?.ok_or_else(|| missing(&p, "attn_q_norm.weight"))?),
-                    Some(opt_vec(&mut model, "attn_k_norm.weight", hd)?.ok_or_else(|| missing(&p, "attn_k_norm.weight"))?),
+                    Some(
+                        opt_vec(&mut model, "attn_q_norm.weight", hd)?
+                            .ok_or_else(|| missing(&p, "attn_q_norm.weight"))?,
+                    ),
+                    Some(
+                        opt_vec(&mut model, "attn_k_norm.weight", hd)?
+                            .ok_or_else(|| missing(&p, "attn_k_norm.weight"))?,
+                    ),
                 )
             } else {
                 (None, None)
@@ -261,7 +294,6 @@ impl Transformer {
                 w_up,
                 w_down,
                 cache: cache_of[c.kv_source[l]],
-                owns_kv,
             });
         }
         let context_length = opts
@@ -316,7 +348,9 @@ impl Transformer {
 
     /// KV-cache bytes one token occupies with this model's plan and cache type.
     pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.n_caches * self.config.n_kv_heads * self.opts.kv_dtype.row_bytes(self.config.head_dim)
+        2 * self.n_caches
+            * self.config.n_kv_heads
+            * self.opts.kv_dtype.row_bytes(self.config.head_dim)
     }
 
     /// Number of layers that own a K/V cache.
@@ -331,7 +365,18 @@ impl Transformer {
             n += h.matrix().map(|m| m.data().len()).unwrap_or(0);
         }
         for l in &self.layers {
-            for t in [Some(&l.wq), l.wk.as_ref(), l.wv.as_ref(), Some(&l.wo), Some(&l.w_gate), Some(&l.w_up), Some(&l.w_down)].into_iter().flatten() {
+            for t in [
+                Some(&l.wq),
+                l.wk.as_ref(),
+                l.wv.as_ref(),
+                Some(&l.wo),
+                Some(&l.w_gate),
+                Some(&l.w_up),
+                Some(&l.w_down),
+            ]
+            .into_iter()
+            .flatten()
+            {
                 n += t.matrix().map(|m| m.data().len()).unwrap_or(0);
             }
         }
@@ -350,7 +395,11 @@ impl Transformer {
     /// Append `tokens` and return the logits of every new position
     /// (tokens.len() x vocab). Runs every layer on every position (no
     /// block-2 skip), as perplexity needs.
-    pub fn forward_all(&self, state: &mut State, tokens: &[TokenId]) -> Result<Vec<f32>, ModelError> {
+    pub fn forward_all(
+        &self,
+        state: &mut State,
+        tokens: &[TokenId],
+    ) -> Result<Vec<f32>, ModelError> {
         self.check_state(state)?;
         let v = self.info.vocab_size;
         self.info.check_forward(state.pos, tokens, v)?;
@@ -439,10 +488,20 @@ impl Transformer {
                     let v = self.info.vocab_size;
                     let mut normed = vec![0.0f32; rows * d];
                     for i in 0..rows {
-                        rms_norm(&x[i * d..(i + 1) * d], &self.final_norm, self.config.rms_eps, &mut normed[i * d..(i + 1) * d]);
+                        rms_norm(
+                            &x[i * d..(i + 1) * d],
+                            &self.final_norm,
+                            self.config.rms_eps,
+                            &mut normed[i * d..(i + 1) * d],
+                        );
                     }
                     let head = self.lm_head.as_ref().unwrap_or(&self.embed).matrix()?;
-                    matmul(&head, &normed, &mut all_logits[done * v..(done + rows) * v], Parallelism::Rayon)?;
+                    matmul(
+                        &head,
+                        &normed,
+                        &mut all_logits[done * v..(done + rows) * v],
+                        Parallelism::Rayon,
+                    )?;
                 }
                 _ => {}
             }
@@ -451,7 +510,12 @@ impl Transformer {
         Ok(())
     }
 
-    fn head(&self, x: &[f32], logits: &mut [f32], obs: &mut Option<Observer<'_>>) -> Result<(), CoreError> {
+    fn head(
+        &self,
+        x: &[f32],
+        logits: &mut [f32],
+        obs: &mut Option<Observer<'_>>,
+    ) -> Result<(), CoreError> {
         let d = self.config.d_model;
         let mut normed = vec![0.0f32; d];
         rms_norm(x, &self.final_norm, self.config.rms_eps, &mut normed);
@@ -481,11 +545,18 @@ impl Transformer {
         let q_dim = nh * hd;
         let kv_dim = nkv * hd;
         let eps = c.rms_eps;
-        let State { caches, scratch, .. } = state;
+        let State {
+            caches, scratch, ..
+        } = state;
 
         let xb = buf(&mut scratch.xb, n * d);
         for i in 0..n {
-            rms_norm(&x[i * d..(i + 1) * d], &layer.attn_norm, eps, &mut xb[i * d..(i + 1) * d]);
+            rms_norm(
+                &x[i * d..(i + 1) * d],
+                &layer.attn_norm,
+                eps,
+                &mut xb[i * d..(i + 1) * d],
+            );
         }
         let q = buf(&mut scratch.q, n * q_dim);
         linear(&layer.wq, xb, q, obs)?;
@@ -551,14 +622,21 @@ impl Transformer {
 
         // SwiGLU FFN.
         for i in 0..n {
-            rms_norm(&x[i * d..(i + 1) * d], &layer.ffn_norm, eps, &mut xb[i * d..(i + 1) * d]);
+            rms_norm(
+                &x[i * d..(i + 1) * d],
+                &layer.ffn_norm,
+                eps,
+                &mut xb[i * d..(i + 1) * d],
+            );
         }
         let f = c.ffn_hidden;
         let g = buf(&mut scratch.g, n * f);
         let u = buf(&mut scratch.u, n * f);
         linear(&layer.w_gate, xb, g, obs)?;
         linear(&layer.w_up, xb, u, obs)?;
-        g.iter_mut().zip(u.iter()).for_each(|(a, b)| *a = silu(*a) * b);
+        g.iter_mut()
+            .zip(u.iter())
+            .for_each(|(a, b)| *a = silu(*a) * b);
         linear(&layer.w_down, g, o, obs)?;
         x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
         Ok(())
@@ -577,7 +655,12 @@ fn missing(prefix: &str, name: &str) -> CoreError {
     }
 }
 
-fn linear(w: &Tensor, x: &[f32], y: &mut [f32], obs: &mut Option<Observer<'_>>) -> Result<(), CoreError> {
+fn linear(
+    w: &Tensor,
+    x: &[f32],
+    y: &mut [f32],
+    obs: &mut Option<Observer<'_>>,
+) -> Result<(), CoreError> {
     if let Some(o) = obs {
         o(w.name(), x, w.shape().get(1).copied().unwrap_or(x.len()));
     }
@@ -617,17 +700,31 @@ fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
 /// Check a config for the consistency the forward pass relies on.
 pub fn validate_config(c: &ModelConfig) -> Result<(), CoreError> {
     let bad = |m: String| Err(CoreError::Config(m));
-    if c.n_layers == 0 || c.d_model == 0 || c.n_heads == 0 || c.n_kv_heads == 0 || c.head_dim == 0 || c.ffn_hidden == 0 || c.vocab_size == 0 {
+    if c.n_layers == 0
+        || c.d_model == 0
+        || c.n_heads == 0
+        || c.n_kv_heads == 0
+        || c.head_dim == 0
+        || c.ffn_hidden == 0
+        || c.vocab_size == 0
+    {
         return bad(format!("zero dimension in {c:?}"));
     }
-    if c.n_heads % c.n_kv_heads != 0 {
-        return bad(format!("{} query heads is not a multiple of {} kv heads", c.n_heads, c.n_kv_heads));
+    if !c.n_heads.is_multiple_of(c.n_kv_heads) {
+        return bad(format!(
+            "{} query heads is not a multiple of {} kv heads",
+            c.n_heads, c.n_kv_heads
+        ));
     }
-    if c.head_dim % 2 != 0 {
+    if !c.head_dim.is_multiple_of(2) {
         return bad(format!("head_dim {} is odd (RoPE needs pairs)", c.head_dim));
     }
     if c.kv_source.len() != c.n_layers {
-        return bad(format!("kv_source has {} entries for {} layers", c.kv_source.len(), c.n_layers));
+        return bad(format!(
+            "kv_source has {} entries for {} layers",
+            c.kv_source.len(),
+            c.n_layers
+        ));
     }
     for (l, &s) in c.kv_source.iter().enumerate() {
         if s > l || c.kv_source[s] != s {
@@ -637,8 +734,11 @@ pub fn validate_config(c: &ModelConfig) -> Result<(), CoreError> {
     if c.kv_source[0] != 0 {
         return bad("layer 0 must own its K/V".into());
     }
-    if !(c.rms_eps > 0.0) || !(c.rope_theta > 0.0) {
-        return bad(format!("rms_eps {} and rope_theta {} must be positive", c.rms_eps, c.rope_theta));
+    if c.rms_eps.is_nan() || c.rms_eps <= 0.0 || c.rope_theta.is_nan() || c.rope_theta <= 0.0 {
+        return bad(format!(
+            "rms_eps {} and rope_theta {} must be positive",
+            c.rms_eps, c.rope_theta
+        ));
     }
     Ok(())
 }
@@ -655,14 +755,25 @@ impl Model for Transformer {
             model_id: self.id,
             pos: 0,
             caches: (0..self.n_caches)
-                .map(|_| LayerCache::new(self.opts.kv_dtype, self.config.n_kv_heads, self.config.head_dim))
+                .map(|_| {
+                    LayerCache::new(
+                        self.opts.kv_dtype,
+                        self.config.n_kv_heads,
+                        self.config.head_dim,
+                    )
+                })
                 .collect(),
             tokens_processed: 0,
             scratch: Scratch::default(),
         }
     }
 
-    fn forward(&self, state: &mut State, tokens: &[TokenId], logits: &mut [f32]) -> Result<(), ModelError> {
+    fn forward(
+        &self,
+        state: &mut State,
+        tokens: &[TokenId],
+        logits: &mut [f32],
+    ) -> Result<(), ModelError> {
         self.check_state(state)?;
         self.info.check_forward(state.pos, tokens, logits.len())?;
         let start = state.pos;
@@ -680,7 +791,10 @@ impl Model for Transformer {
     fn truncate(&self, state: &mut State, len: usize) -> Result<(), ModelError> {
         self.check_state(state)?;
         if len > state.pos {
-            return Err(ModelError::TruncateBeyondEnd { len, position: state.pos });
+            return Err(ModelError::TruncateBeyondEnd {
+                len,
+                position: state.pos,
+            });
         }
         self.rollback(state, len);
         Ok(())

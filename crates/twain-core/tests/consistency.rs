@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use twain_core::{kv_share_plan, synthetic, KvDtype, ModelConfig, Preset, Transformer, TransformerOptions};
+use twain_core::{
+    kv_share_plan, synthetic, KvDtype, ModelConfig, Preset, Transformer, TransformerOptions,
+};
 use twain_io::RopeLayout;
 use twain_model::{Model, ModelError};
 
@@ -14,11 +16,17 @@ fn build(config: &ModelConfig, preset: Preset, opts: TransformerOptions) -> Tran
 }
 
 fn f32_opts() -> TransformerOptions {
-    TransformerOptions { kv_dtype: KvDtype::F32, ..Default::default() }
+    TransformerOptions {
+        kv_dtype: KvDtype::F32,
+        ..Default::default()
+    }
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn prompt(n: usize, vocab: usize) -> Vec<u32> {
@@ -65,8 +73,28 @@ fn decode_one_at_a_time_equals_prefill() {
 fn chunk_size_does_not_change_logits() {
     let config = synthetic::tiny_config(2);
     let toks = prompt(50, config.vocab_size);
-    let a = prefill(&build(&config, Preset::F32, TransformerOptions { prefill_chunk: 7, ..f32_opts() }), &toks);
-    let b = prefill(&build(&config, Preset::F32, TransformerOptions { prefill_chunk: 512, ..f32_opts() }), &toks);
+    let a = prefill(
+        &build(
+            &config,
+            Preset::F32,
+            TransformerOptions {
+                prefill_chunk: 7,
+                ..f32_opts()
+            },
+        ),
+        &toks,
+    );
+    let b = prefill(
+        &build(
+            &config,
+            Preset::F32,
+            TransformerOptions {
+                prefill_chunk: 512,
+                ..f32_opts()
+            },
+        ),
+        &toks,
+    );
     assert!(max_diff(&a, &b) < 1e-4);
 }
 
@@ -77,13 +105,36 @@ fn kv_shared_prefill_skip_equals_naive_computation() {
     assert_eq!(config.kv_source, vec![0, 1, 2, 3, 4, 4, 4, 4]);
     let toks = prompt(33, config.vocab_size);
     for chunk in [5, 64] {
-        let skip = build(&config, Preset::F32, TransformerOptions { prefill_chunk: chunk, ..f32_opts() });
-        let naive = build(&config, Preset::F32, TransformerOptions { prefill_chunk: chunk, skip_shared_prefill: false, ..f32_opts() });
+        let skip = build(
+            &config,
+            Preset::F32,
+            TransformerOptions {
+                prefill_chunk: chunk,
+                ..f32_opts()
+            },
+        );
+        let naive = build(
+            &config,
+            Preset::F32,
+            TransformerOptions {
+                prefill_chunk: chunk,
+                skip_shared_prefill: false,
+                ..f32_opts()
+            },
+        );
         let a = prefill(&skip, &toks);
         let b = prefill(&naive, &toks);
         let c = one_at_a_time(&skip, &toks);
-        assert!(max_diff(&a, &b) < 1e-4, "skip vs naive: {}", max_diff(&a, &b));
-        assert!(max_diff(&a, &c) < 1e-4, "skip vs decode: {}", max_diff(&a, &c));
+        assert!(
+            max_diff(&a, &b) < 1e-4,
+            "skip vs naive: {}",
+            max_diff(&a, &b)
+        );
+        assert!(
+            max_diff(&a, &c) < 1e-4,
+            "skip vs decode: {}",
+            max_diff(&a, &c)
+        );
         // forward_all runs every layer on every position; its last row is the same.
         let mut s = naive.new_state();
         let all = naive.forward_all(&mut s, &toks).unwrap();
@@ -99,10 +150,18 @@ fn kv_sharing_layers_hold_no_kv_and_cache_shrinks_by_the_plan() {
     shared.kv_source = kv_share_plan(8, 5, 3).unwrap();
     let loaded = synthetic::random_model(&shared, Preset::F32, 1).unwrap();
     for l in 5..8 {
-        assert!(!loaded.tensors.contains_key(&format!("blk.{l}.attn_k.weight")));
-        assert!(!loaded.tensors.contains_key(&format!("blk.{l}.attn_v.weight")));
+        assert!(!loaded
+            .tensors
+            .contains_key(&format!("blk.{l}.attn_k.weight")));
+        assert!(!loaded
+            .tensors
+            .contains_key(&format!("blk.{l}.attn_v.weight")));
     }
-    let a = Transformer::from_loaded(synthetic::random_model(&plain, Preset::F32, 1).unwrap(), Default::default()).unwrap();
+    let a = Transformer::from_loaded(
+        synthetic::random_model(&plain, Preset::F32, 1).unwrap(),
+        Default::default(),
+    )
+    .unwrap();
     let b = Transformer::from_loaded(loaded, Default::default()).unwrap();
     assert_eq!(b.kv_owning_layers(), 5);
     assert_eq!(b.kv_bytes_per_token() * 8, a.kv_bytes_per_token() * 5);
@@ -121,7 +180,9 @@ fn kv_weights_on_a_sharing_layer_are_refused() {
     let plain = synthetic::tiny_config(4);
     let mut loaded = synthetic::random_model(&plain, Preset::F32, 1).unwrap();
     loaded.config.kv_source = vec![0, 1, 1, 1];
-    let err = Transformer::from_loaded(loaded, Default::default()).err().expect("must fail");
+    let err = Transformer::from_loaded(loaded, Default::default())
+        .err()
+        .expect("must fail");
     assert!(err.to_string().contains("blk.2.attn_k.weight"), "{err}");
 }
 
@@ -131,9 +192,23 @@ fn int8_cache_stays_close_to_f32_cache() {
     let config = synthetic::tiny_config(3);
     let toks = prompt(60, config.vocab_size);
     let a = prefill(&build(&config, Preset::F32, f32_opts()), &toks);
-    let b = prefill(&build(&config, Preset::F32, TransformerOptions::default()), &toks);
-    let c = prefill(&build(&config, Preset::F32, TransformerOptions { kv_dtype: KvDtype::F16, ..Default::default() }), &toks);
-    let range = a.iter().cloned().fold(f32::MIN, f32::max) - a.iter().cloned().fold(f32::MAX, f32::min);
+    let b = prefill(
+        &build(&config, Preset::F32, TransformerOptions::default()),
+        &toks,
+    );
+    let c = prefill(
+        &build(
+            &config,
+            Preset::F32,
+            TransformerOptions {
+                kv_dtype: KvDtype::F16,
+                ..Default::default()
+            },
+        ),
+        &toks,
+    );
+    let range =
+        a.iter().cloned().fold(f32::MIN, f32::max) - a.iter().cloned().fold(f32::MAX, f32::min);
     let d8 = max_diff(&a, &b);
     let d16 = max_diff(&a, &c);
     assert!(d8 < 0.02 * range, "int8 cache: {d8} vs range {range}");
@@ -151,7 +226,10 @@ fn quantized_presets_run_and_stay_near_f32() {
         let l = prefill(&build(&config, preset, f32_opts()), &toks);
         let d = max_diff(&reference, &l);
         assert!(l.iter().all(|v| v.is_finite()), "{preset:?}");
-        assert!(d >= last * 0.5, "{preset:?} error {d} unexpectedly far below the wider format's {last}");
+        assert!(
+            d >= last * 0.5,
+            "{preset:?} error {d} unexpectedly far below the wider format's {last}"
+        );
         last = d;
     }
 }
@@ -159,17 +237,39 @@ fn quantized_presets_run_and_stay_near_f32() {
 #[test]
 fn context_overflow_is_an_error_and_keeps_the_state() {
     let config = synthetic::tiny_config(2);
-    let model = build(&config, Preset::F32, TransformerOptions { context_length: Some(10), ..f32_opts() });
+    let model = build(
+        &config,
+        Preset::F32,
+        TransformerOptions {
+            context_length: Some(10),
+            ..f32_opts()
+        },
+    );
     let mut s = model.new_state();
     let mut logits = vec![0.0; config.vocab_size];
-    model.forward(&mut s, &prompt(8, config.vocab_size), &mut logits).unwrap();
+    model
+        .forward(&mut s, &prompt(8, config.vocab_size), &mut logits)
+        .unwrap();
     let before = logits.clone();
     let err = model.forward(&mut s, &[1, 2, 3], &mut logits).unwrap_err();
-    assert!(matches!(err, ModelError::ContextOverflow { position: 8, new_tokens: 3, context_length: 10 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ModelError::ContextOverflow {
+                position: 8,
+                new_tokens: 3,
+                context_length: 10
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(model.position(&s), 8);
     // bad token id
     let err = model.forward(&mut s, &[1, 999], &mut logits).unwrap_err();
-    assert!(matches!(err, ModelError::TokenOutOfRange { token: 999, .. }));
+    assert!(matches!(
+        err,
+        ModelError::TokenOutOfRange { token: 999, .. }
+    ));
     // still usable: two more tokens fit
     model.forward(&mut s, &[1, 2], &mut logits).unwrap();
     assert_eq!(model.position(&s), 10);
@@ -189,7 +289,10 @@ fn truncate_rolls_back_to_a_prefix() {
     assert_eq!(s.kv_bytes(), 20 * model.kv_bytes_per_token());
     model.forward(&mut s, &toks[20..], &mut logits).unwrap();
     assert!(max_diff(&logits, &prefill(&model, &toks)) < 1e-4);
-    assert!(matches!(model.truncate(&mut s, 31), Err(ModelError::TruncateBeyondEnd { .. })));
+    assert!(matches!(
+        model.truncate(&mut s, 31),
+        Err(ModelError::TruncateBeyondEnd { .. })
+    ));
 }
 
 #[test]
@@ -217,7 +320,10 @@ fn rope_layouts_agree_when_weights_are_permuted() {
                     }
                 }
             }
-            inter.tensors.insert(key.clone(), twain_io::Tensor::from_f32(key, shape, p).unwrap());
+            inter.tensors.insert(
+                key.clone(),
+                twain_io::Tensor::from_f32(key, shape, p).unwrap(),
+            );
         }
     }
     let a = Transformer::from_loaded(half, f32_opts()).unwrap();
@@ -230,7 +336,9 @@ fn rope_layouts_agree_when_weights_are_permuted() {
 fn many_states_from_several_threads() {
     let config = synthetic::tiny_config(2);
     let model = Arc::new(build(&config, Preset::Q4, TransformerOptions::default()));
-    let expected: Vec<Vec<f32>> = (0..4).map(|k| prefill(&model, &prompt(10 + k, config.vocab_size))).collect();
+    let expected: Vec<Vec<f32>> = (0..4)
+        .map(|k| prefill(&model, &prompt(10 + k, config.vocab_size)))
+        .collect();
     let handles: Vec<_> = (0..4)
         .map(|k| {
             let m = model.clone();
@@ -249,5 +357,8 @@ fn a_state_from_another_model_is_refused() {
     let b = build(&config, Preset::F32, f32_opts());
     let mut s = a.new_state();
     let mut logits = vec![0.0; config.vocab_size];
-    assert!(matches!(b.forward(&mut s, &[1], &mut logits), Err(ModelError::ForeignState(_))));
+    assert!(matches!(
+        b.forward(&mut s, &[1], &mut logits),
+        Err(ModelError::ForeignState(_))
+    ));
 }

@@ -16,13 +16,20 @@ fn load_f32_model() -> Transformer {
     let loaded = twain_io::load_model(&path).expect("load GGUF");
     Transformer::from_loaded(
         loaded,
-        TransformerOptions { kv_dtype: KvDtype::F32, ..Default::default() },
+        TransformerOptions {
+            kv_dtype: KvDtype::F32,
+            ..Default::default()
+        },
     )
     .expect("build model")
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn argmax(l: &[f32]) -> u32 {
@@ -53,7 +60,12 @@ fn next_token_logits_and_greedy_continuations_match_transformers() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|t| (t["id"].as_u64().unwrap() as u32, t["logit"].as_f64().unwrap() as f32))
+            .map(|t| {
+                (
+                    t["id"].as_u64().unwrap() as u32,
+                    t["logit"].as_f64().unwrap() as f32,
+                )
+            })
             .collect();
         let mut ours: Vec<u32> = (0..vocab as u32).collect();
         ours.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
@@ -68,7 +80,10 @@ fn next_token_logits_and_greedy_continuations_match_transformers() {
             .map(|&(id, l)| (logits[id as usize] - l).abs())
             .fold(0.0f32, f32::max);
         worst = worst.max(diff);
-        lines.push(format!("{:?}: max |logit diff| over reference top-20 = {diff:.5}", e["prompt"]));
+        lines.push(format!(
+            "{:?}: max |logit diff| over reference top-20 = {diff:.5}",
+            e["prompt"]
+        ));
         entries.push((e, state, logits));
     }
     // Greedy continuations: must match up to the first step whose recorded
@@ -77,20 +92,33 @@ fn next_token_logits_and_greedy_continuations_match_transformers() {
     let tolerance = (4.0 * worst).max(1e-4);
     for (e, mut state, mut logits) in entries {
         let want = ids(&e["greedy_ids"]);
-        let margins: Vec<f64> = e["greedy_margins"].as_array().unwrap().iter().map(|m| m.as_f64().unwrap()).collect();
+        let margins: Vec<f64> = e["greedy_margins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_f64().unwrap())
+            .collect();
         let mut matched = 0;
         for (step, &w) in want.iter().enumerate() {
             if margins[step] < tolerance as f64 {
                 break;
             }
             let got = argmax(&logits);
-            assert_eq!(got, w, "greedy step {step} of {:?}: got {got}, want {w}", e["prompt"]);
+            assert_eq!(
+                got, w,
+                "greedy step {step} of {:?}: got {got}, want {w}",
+                e["prompt"]
+            );
             matched += 1;
             if step + 1 < want.len() {
                 model.forward(&mut state, &[got], &mut logits).unwrap();
             }
         }
-        lines.push(format!("{:?}: greedy matched {matched}/{} steps", e["prompt"], want.len()));
+        lines.push(format!(
+            "{:?}: greedy matched {matched}/{} steps",
+            e["prompt"],
+            want.len()
+        ));
         assert!(matched >= 1);
     }
     for l in &lines {

@@ -275,15 +275,26 @@ mod tests {
         assert_eq!(info.check_forward(0, &[], 10), Err(ModelError::EmptyInput));
         assert!(matches!(
             info.check_forward(0, &[1, 10], 10),
-            Err(ModelError::TokenOutOfRange { token: 10, index: 1, .. })
+            Err(ModelError::TokenOutOfRange {
+                token: 10,
+                index: 1,
+                ..
+            })
         ));
         assert!(matches!(
             info.check_forward(3, &[1, 2], 10),
-            Err(ModelError::ContextOverflow { position: 3, new_tokens: 2, .. })
+            Err(ModelError::ContextOverflow {
+                position: 3,
+                new_tokens: 2,
+                ..
+            })
         ));
         assert!(matches!(
             info.check_forward(0, &[1], 9),
-            Err(ModelError::LogitsLength { expected: 10, got: 9 })
+            Err(ModelError::LogitsLength {
+                expected: 10,
+                got: 9
+            })
         ));
         assert_eq!(info.check_forward(2, &[1, 2], 10), Ok(()));
     }

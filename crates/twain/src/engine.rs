@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use twain_core::{convert, ConvertOptions, KvDtype, Preset, Transformer, TransformerOptions};
+use twain_core::{
+    convert, ConvertOptions, KvDtype, Preset, Progress, Transformer, TransformerOptions,
+};
 use twain_model::{SpecialTokens, TokenId};
 use twain_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
@@ -35,7 +37,7 @@ pub struct LoadOptions<'a> {
     /// Run shared layers on the last prompt token only (default on).
     pub skip_shared_prefill: bool,
     /// Progress of a conversion: (done, total, tensor name).
-    pub progress: Option<&'a mut dyn FnMut(usize, usize, &str)>,
+    pub progress: Option<Progress<'a>>,
     /// Weigh quantization error by activation statistics from the built-in
     /// calibration text when converting to a preset below 8 bits (on by default).
     pub calibrate: bool,
@@ -171,7 +173,11 @@ impl Engine {
 
     /// A new chat session over this engine's model.
     pub fn session(&self) -> Session<Arc<Transformer>> {
-        Session::new(self.model.clone(), self.tokenizer.clone(), self.chat.clone())
+        Session::new(
+            self.model.clone(),
+            self.tokenizer.clone(),
+            self.chat.clone(),
+        )
     }
 }
 
@@ -200,7 +206,7 @@ fn build_template(loaded: &twain_io::LoadedModel, t: &Tokenizer) -> Result<ChatT
 /// the user's cache directory).
 pub fn default_model_path(
     preset: Preset,
-    progress: Option<&mut dyn FnMut(usize, usize, &str)>,
+    progress: Option<Progress<'_>>,
 ) -> Result<PathBuf, Error> {
     let dir = twain_io::fetch::cache_dir();
     let path = dir.join(format!(
@@ -237,17 +243,22 @@ pub fn default_model_path(
     converted
         .provenance
         .insert("twain.preset".into(), preset.name().into());
-    converted
-        .provenance
-        .insert("twain.source".into(), "SmolLM2-135M-Instruct.Q4_1.gguf".into());
+    converted.provenance.insert(
+        "twain.source".into(),
+        "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+    );
     if needs_calibration(preset) {
         converted
             .provenance
             .insert("twain.calibration".into(), CALIBRATION_NAME.into());
     }
     std::fs::create_dir_all(&dir).map_err(load_err)?;
-    twain_io::write_native(&path, &twain_io::NativeModel::from_loaded(&converted), &mut |_| {})
-        .map_err(load_err)?;
+    twain_io::write_native(
+        &path,
+        &twain_io::NativeModel::from_loaded(&converted),
+        &mut |_| {},
+    )
+    .map_err(load_err)?;
     Ok(path)
 }
 

