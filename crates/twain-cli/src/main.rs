@@ -77,9 +77,6 @@ enum Command {
         /// Feed the prompt as-is, without the chat template.
         #[arg(long)]
         raw: bool,
-        /// Answer with JSON valid under the JSON Schema in FILE (guided generation).
-        #[arg(long, value_name = "FILE", conflicts_with = "raw")]
-        schema: Option<PathBuf>,
         /// The prompt.
         prompt: String,
     },
@@ -133,6 +130,11 @@ enum Command {
         /// Run every layer on every prompt token (no KV-sharing prefill skip).
         #[arg(long)]
         no_skip: bool,
+        /// Instead of a model file, random weights at a reference shape:
+        /// `afm` (56 layers, 35 own K/V, d 2048, 2-bit weights, 4-bit
+        /// embeddings) or `afm-unshared` (the same without KV sharing).
+        #[arg(long)]
+        synthetic: Option<String>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -293,44 +295,6 @@ fn gen_opts(a: &SampleArgs) -> GenerateOptions {
     }
 }
 
-/// `twain generate --schema FILE`: stream JSON that the schema constrains.
-fn generate_json(
-    session: &mut twain::Session<std::sync::Arc<Transformer>>,
-    file: &std::path::Path,
-    prompt: &str,
-    sample: &SampleArgs,
-) -> Res<()> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let schema: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
-    let opts = twain::GuidedOptions {
-        generate: gen_opts(sample),
-        ..Default::default()
-    };
-    let mut out = std::io::stdout().lock();
-    let mut g = session
-        .respond_json_stream(prompt, &schema, opts)
-        .map_err(|e| e.to_string())?;
-    let mut end = None;
-    for ev in g.by_ref() {
-        match ev.map_err(|e| e.to_string())? {
-            Event::Text(t) => {
-                let _ = out.write_all(t.as_bytes());
-                let _ = out.flush();
-            }
-            Event::End(r) => end = Some(r),
-            Event::Token(_) => {}
-        }
-    }
-    let _ = out.write_all(b"\n");
-    match end {
-        Some(twain::EndReason::EndOfTurn) => Ok(()),
-        other => Err(format!(
-            "the JSON is incomplete ({other:?}); raise --max-tokens"
-        )),
-    }
-}
-
 fn stream(g: twain::Generation<'_, std::sync::Arc<Transformer>>) -> Res<()> {
     let mut out = std::io::stdout().lock();
     for ev in g {
@@ -352,15 +316,11 @@ fn run(cmd: Command) -> Res<()> {
             model,
             sample,
             raw,
-            schema,
             prompt,
         } => {
             let engine = load_engine(&model, true)?;
             let mut session = engine.session();
             session.set_sampler(sampler(&sample)?);
-            if let Some(file) = schema {
-                return generate_json(&mut session, &file, &prompt, &sample);
-            }
             let g = if raw {
                 session.complete(&prompt, gen_opts(&sample))
             } else {
@@ -427,8 +387,17 @@ fn run(cmd: Command) -> Res<()> {
             gen_tokens,
             reps,
             no_skip,
+            synthetic,
             json,
-        } => bench(&model, prompt_tokens, gen_tokens, reps, !no_skip, json),
+        } => bench(
+            &model,
+            synthetic.as_deref(),
+            prompt_tokens,
+            gen_tokens,
+            reps,
+            !no_skip,
+            json,
+        ),
         Command::Perplexity {
             model,
             file,
@@ -646,8 +615,32 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+fn synthetic_model(name: &str, skip: bool, kv_cache: &str) -> Res<Transformer> {
+    let mut config = twain_core::synthetic::afm_config();
+    match name {
+        "afm" => {}
+        "afm-unshared" => config.kv_source = (0..config.n_layers).collect(),
+        other => return Err(format!("unknown --synthetic {other:?} (afm, afm-unshared)")),
+    }
+    let kv_dtype = KvDtype::from_name(kv_cache)
+        .ok_or_else(|| format!("unknown --kv-cache {kv_cache:?} (int8, f16, f32)"))?;
+    eprintln!("building random weights at the {name} shape (2-bit linears, 4-bit embeddings)...");
+    let loaded =
+        twain_core::synthetic::random_model(&config, Preset::Afm, 1).map_err(|e| e.to_string())?;
+    Transformer::from_loaded(
+        loaded,
+        twain_core::TransformerOptions {
+            kv_dtype,
+            skip_shared_prefill: skip,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
 fn bench(
     args: &ModelArgs,
+    synthetic: Option<&str>,
     prompt_tokens: usize,
     gen_tokens: usize,
     reps: usize,
@@ -655,9 +648,12 @@ fn bench(
     json: bool,
 ) -> Res<()> {
     let t0 = Instant::now();
-    let engine = load_engine(args, skip)?;
+    let model = match synthetic {
+        Some(name) => std::sync::Arc::new(synthetic_model(name, skip, &args.kv_cache)?),
+        None => load_engine(args, skip)?.model,
+    };
     let load_s = t0.elapsed().as_secs_f64();
-    let model = &engine.model;
+    let model = &model;
     let vocab = model.info().vocab_size as u32;
     let prompt: Vec<u32> = (0..prompt_tokens as u32)
         .map(|i| (i * 7919 + 13) % vocab)
