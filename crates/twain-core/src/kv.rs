@@ -181,11 +181,16 @@ impl LayerCache {
         let dim = self.head_dim;
         let n = last + 1;
         let scores = &mut scores[..n];
-        let mut max = f32::NEG_INFINITY;
-        for (t, s) in scores.iter_mut().enumerate() {
-            *s = self.k.dot(t * self.n_kv_heads + g, dim, q);
-            max = max.max(*s);
+        let nkv = self.n_kv_heads;
+        if let Rows::Int8 { q: kq, scale } = &self.k {
+            // One fused call over the strided rows of head g.
+            twain_quant::attn::dot_rows(&kq[g * dim..], nkv * dim, &scale[g..], nkv, q, scores);
+        } else {
+            for (t, s) in scores.iter_mut().enumerate() {
+                *s = self.k.dot(t * nkv + g, dim, q);
+            }
         }
+        let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f32;
         for s in scores.iter_mut() {
             *s = (*s - max).exp();
@@ -193,8 +198,13 @@ impl LayerCache {
         }
         let inv = 1.0 / sum;
         out.fill(0.0);
-        for (t, &s) in scores.iter().enumerate() {
-            self.v.axpy(t * self.n_kv_heads + g, dim, s * inv, out);
+        if let Rows::Int8 { q: vq, scale } = &self.v {
+            scores.iter_mut().for_each(|s| *s *= inv);
+            twain_quant::attn::axpy_rows(scores, &vq[g * dim..], nkv * dim, &scale[g..], nkv, out);
+        } else {
+            for (t, &s) in scores.iter().enumerate() {
+                self.v.axpy(t * nkv + g, dim, s * inv, out);
+            }
         }
     }
 }

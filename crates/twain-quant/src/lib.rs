@@ -36,6 +36,7 @@
 
 use thiserror::Error;
 
+pub mod attn;
 pub mod blocks;
 pub mod f32v;
 mod format;

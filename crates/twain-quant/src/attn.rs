@@ -1,0 +1,192 @@
+//! Attention over an int8 KV cache: scores of one query against many cached
+//! key rows, and the probability-weighted sum of many value rows, in one call
+//! each (strided rows, one f32 scale per row), so the per-row cost is the
+//! arithmetic and not a call.
+
+/// `out[t] = scales[t * scale_stride] * dot(rows[t * stride ..][..x.len()], x)`
+/// for `t` in `0..out.len()`.
+///
+/// Panics (debug and release) if the slices are too short for the rows asked for.
+pub fn dot_rows(
+    rows: &[i8],
+    stride: usize,
+    scales: &[f32],
+    scale_stride: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let n = out.len();
+    let d = x.len();
+    if n == 0 {
+        return;
+    }
+    assert!(
+        rows.len() >= (n - 1) * stride + d,
+        "dot_rows: rows too short"
+    );
+    assert!(
+        scales.len() > (n - 1) * scale_stride,
+        "dot_rows: scales too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(16) && avx512() {
+        // SAFETY: AVX-512F/BW checked at run time; bounds asserted above.
+        unsafe { x86::dot_rows(rows, stride, scales, scale_stride, x, out) };
+        return;
+    }
+    scalar_dot_rows(rows, stride, scales, scale_stride, x, out);
+}
+
+/// `y += sum_t w[t] * scales[t * scale_stride] * rows[t * stride ..][..y.len()]`
+/// for `t` in `0..w.len()`.
+///
+/// Panics (debug and release) if the slices are too short for the rows asked for.
+pub fn axpy_rows(
+    w: &[f32],
+    rows: &[i8],
+    stride: usize,
+    scales: &[f32],
+    scale_stride: usize,
+    y: &mut [f32],
+) {
+    let n = w.len();
+    let d = y.len();
+    if n == 0 {
+        return;
+    }
+    assert!(
+        rows.len() >= (n - 1) * stride + d,
+        "axpy_rows: rows too short"
+    );
+    assert!(
+        scales.len() > (n - 1) * scale_stride,
+        "axpy_rows: scales too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(16) && avx512() {
+        // SAFETY: AVX-512F/BW checked at run time; bounds asserted above.
+        unsafe { x86::axpy_rows(w, rows, stride, scales, scale_stride, y) };
+        return;
+    }
+    scalar_axpy_rows(w, rows, stride, scales, scale_stride, y);
+}
+
+/// Scalar reference of [`dot_rows`].
+pub fn scalar_dot_rows(
+    rows: &[i8],
+    stride: usize,
+    scales: &[f32],
+    scale_stride: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    for (t, o) in out.iter_mut().enumerate() {
+        let r = &rows[t * stride..t * stride + x.len()];
+        let s: f32 = r.iter().zip(x).map(|(&a, &b)| a as f32 * b).sum();
+        *o = scales[t * scale_stride] * s;
+    }
+}
+
+/// Scalar reference of [`axpy_rows`].
+pub fn scalar_axpy_rows(
+    w: &[f32],
+    rows: &[i8],
+    stride: usize,
+    scales: &[f32],
+    scale_stride: usize,
+    y: &mut [f32],
+) {
+    for (t, &wt) in w.iter().enumerate() {
+        let a = wt * scales[t * scale_stride];
+        let r = &rows[t * stride..t * stride + y.len()];
+        for (o, &v) in y.iter_mut().zip(r) {
+            *o += a * v as f32;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::env::var("TWAIN_QUANT_BACKEND").map_or(true, |b| b == "avx512vnni")
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn dot_rows(
+        rows: &[i8],
+        stride: usize,
+        scales: &[f32],
+        scale_stride: usize,
+        x: &[f32],
+        out: &mut [f32],
+    ) {
+        let d = x.len();
+        // SAFETY (whole body): the caller asserted rows.len() >= (n-1)*stride + d
+        // and scales.len() > (n-1)*scale_stride; every load below reads
+        // rows[t*stride + c .. + 16] with c + 16 <= d and x[c .. c + 16].
+        unsafe {
+            for (t, o) in out.iter_mut().enumerate() {
+                let r = rows.as_ptr().add(t * stride);
+                let mut acc = _mm512_setzero_ps();
+                let mut c = 0;
+                while c < d {
+                    let q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        r.add(c) as *const __m128i
+                    )));
+                    acc = _mm512_fmadd_ps(q, _mm512_loadu_ps(x.as_ptr().add(c)), acc);
+                    c += 16;
+                }
+                *o = *scales.get_unchecked(t * scale_stride) * _mm512_reduce_add_ps(acc);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn axpy_rows(
+        w: &[f32],
+        rows: &[i8],
+        stride: usize,
+        scales: &[f32],
+        scale_stride: usize,
+        y: &mut [f32],
+    ) {
+        let d = y.len();
+        // SAFETY (whole body): bounds as asserted by the caller; y chunks of
+        // 64 (or the 16-multiple tail) stay inside y, row loads inside rows.
+        unsafe {
+            let mut c = 0;
+            while c < d {
+                let width = (d - c).min(64);
+                let lanes = width / 16;
+                let yp = y.as_mut_ptr().add(c);
+                let mut acc = [_mm512_setzero_ps(); 4];
+                for (l, a) in acc.iter_mut().enumerate().take(lanes) {
+                    *a = _mm512_loadu_ps(yp.add(16 * l));
+                }
+                for (t, &wt) in w.iter().enumerate() {
+                    let a = _mm512_set1_ps(wt * *scales.get_unchecked(t * scale_stride));
+                    let r = rows.as_ptr().add(t * stride + c);
+                    for (l, s) in acc.iter_mut().enumerate().take(lanes) {
+                        let q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                            r.add(16 * l) as *const __m128i,
+                        )));
+                        *s = _mm512_fmadd_ps(a, q, *s);
+                    }
+                }
+                for (l, a) in acc.iter().enumerate().take(lanes) {
+                    _mm512_storeu_ps(yp.add(16 * l), *a);
+                }
+                c += width;
+            }
+        }
+    }
+}
