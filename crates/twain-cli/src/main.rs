@@ -77,6 +77,9 @@ enum Command {
         /// Feed the prompt as-is, without the chat template.
         #[arg(long)]
         raw: bool,
+        /// Answer with JSON valid under the JSON Schema in FILE (guided generation).
+        #[arg(long, value_name = "FILE", conflicts_with = "raw")]
+        schema: Option<PathBuf>,
         /// The prompt.
         prompt: String,
     },
@@ -295,6 +298,44 @@ fn gen_opts(a: &SampleArgs) -> GenerateOptions {
     }
 }
 
+/// `twain generate --schema FILE`: stream JSON that the schema constrains.
+fn generate_json(
+    session: &mut twain::Session<std::sync::Arc<Transformer>>,
+    file: &std::path::Path,
+    prompt: &str,
+    sample: &SampleArgs,
+) -> Res<()> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let schema: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
+    let opts = twain::GuidedOptions {
+        generate: gen_opts(sample),
+        ..Default::default()
+    };
+    let mut out = std::io::stdout().lock();
+    let mut g = session
+        .respond_json_stream(prompt, &schema, opts)
+        .map_err(|e| e.to_string())?;
+    let mut end = None;
+    for ev in g.by_ref() {
+        match ev.map_err(|e| e.to_string())? {
+            Event::Text(t) => {
+                let _ = out.write_all(t.as_bytes());
+                let _ = out.flush();
+            }
+            Event::End(r) => end = Some(r),
+            Event::Token(_) => {}
+        }
+    }
+    let _ = out.write_all(b"\n");
+    match end {
+        Some(twain::EndReason::EndOfTurn) => Ok(()),
+        other => Err(format!(
+            "the JSON is incomplete ({other:?}); raise --max-tokens"
+        )),
+    }
+}
+
 fn stream(g: twain::Generation<'_, std::sync::Arc<Transformer>>) -> Res<()> {
     let mut out = std::io::stdout().lock();
     for ev in g {
@@ -316,11 +357,15 @@ fn run(cmd: Command) -> Res<()> {
             model,
             sample,
             raw,
+            schema,
             prompt,
         } => {
             let engine = load_engine(&model, true)?;
             let mut session = engine.session();
             session.set_sampler(sampler(&sample)?);
+            if let Some(file) = schema {
+                return generate_json(&mut session, &file, &prompt, &sample);
+            }
             let g = if raw {
                 session.complete(&prompt, gen_opts(&sample))
             } else {

@@ -8,6 +8,14 @@
 //! With the default `core` feature it also loads twain's transformer and the
 //! default model ([`engine`]).
 //!
+//! Guided generation ([`guided`]): `session.respond_as::<T>(prompt, opts)`
+//! returns a `T: Deserialize + JsonSchema` generated under `T`'s JSON schema
+//! (constrained decoding, [`guide`]), `stream_as` streams snapshots of the
+//! partially generated value, and `respond_constrained` takes any JSON
+//! schema, regex or Lark grammar. Tool calling ([`tools`]):
+//! `session.respond_with_tools(prompt, &tools, opts)` runs [`Tool`]s the
+//! model calls with always-valid arguments until it answers.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use twain::{ChatMl, GenerateOptions, Model, ModelError, ModelInfo, Session, TokenId, Tokenize};
@@ -51,15 +59,20 @@
 pub mod engine;
 mod error;
 mod generate;
+pub mod guided;
 mod session;
 mod text;
 mod tokenize;
+pub mod tools;
 
 pub use error::Error;
 pub use generate::{CancelFlag, EndReason, Event, GenerateOptions, Generation};
+pub use guided::{GuidedError, GuidedOptions, TypedEvent};
 pub use session::Session;
 pub use text::{Piece, TextAssembler};
 pub use tokenize::{ChatFormat, ChatMl, Message, Role, Tokenize};
+pub use tools::{Tool, ToolError};
+pub use twain_guide as guide;
 pub use twain_model::{Model, ModelError, ModelInfo, SpecialTokens, TokenId};
 pub use twain_sample as sample;
 pub use twain_sample::Sampler;

@@ -1,0 +1,206 @@
+//! The tokenizer side: llguidance's token trie and parser factory, built once
+//! per tokenizer from the bytes of every token and an encode function.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
+use llguidance::ParserFactory;
+use twain_model::TokenId;
+use twain_sample::TokenMask;
+
+use crate::{Constraint, GuideError, Matcher};
+
+/// What one token id stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenBytes {
+    /// The raw bytes (for a special token: its text, e.g. `<|im_end|>`).
+    pub bytes: Vec<u8>,
+    /// A control token (never part of generated text; stop tokens are
+    /// always treated as special).
+    pub special: bool,
+}
+
+impl TokenBytes {
+    /// An ordinary token standing for `bytes`.
+    pub fn text(bytes: impl Into<Vec<u8>>) -> Self {
+        Self {
+            bytes: bytes.into(),
+            special: false,
+        }
+    }
+
+    /// A control token named `name` (e.g. `<|im_end|>`).
+    pub fn special(name: impl Into<String>) -> Self {
+        Self {
+            bytes: name.into().into_bytes(),
+            special: true,
+        }
+    }
+}
+
+type EncodeFn = dyn Fn(&str) -> Result<Vec<TokenId>, String> + Send + Sync;
+
+/// llguidance's view of the tokenizer: the trie plus the encode function
+/// (used to tokenize text the grammar forces, canonically).
+struct TokenizerAdapter {
+    trie: TokTrie,
+    encode: Box<EncodeFn>,
+}
+
+impl TokenizerEnv for TokenizerAdapter {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
+        self.trie.tokenize_with_greedy_fallback(s, |text| {
+            (self.encode)(text).unwrap_or_else(|_| self.trie.greedy_tokenize(text.as_bytes()))
+        })
+    }
+}
+
+/// A tokenizer as constrained decoding sees it: built once (it walks the
+/// whole vocabulary), shared as an `Arc` by every [`Matcher`].
+pub struct Vocabulary {
+    factory: ParserFactory,
+    vocab_size: usize,
+    stop_tokens: Vec<TokenId>,
+}
+
+impl std::fmt::Debug for Vocabulary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vocabulary")
+            .field("vocab_size", &self.vocab_size)
+            .field("stop_tokens", &self.stop_tokens)
+            .finish()
+    }
+}
+
+impl Vocabulary {
+    /// Build from what every token id stands for (`tokens[id]`; the length is
+    /// the vocabulary size, which must equal the model's logits length — pad
+    /// with [`TokenBytes::special`] placeholders), the tokens that end the
+    /// output (at least one), and the tokenizer's encode function (text to
+    /// ids, no special tokens added; used for text the grammar forces).
+    pub fn new(
+        tokens: Vec<TokenBytes>,
+        stop_tokens: &[TokenId],
+        encode: impl Fn(&str) -> Result<Vec<TokenId>, String> + Send + Sync + 'static,
+    ) -> Result<Arc<Vocabulary>, GuideError> {
+        let vocab_size = tokens.len();
+        if vocab_size == 0 || vocab_size > u32::MAX as usize / 2 {
+            return Err(GuideError::Vocabulary(format!(
+                "vocabulary size {vocab_size} is out of range"
+            )));
+        }
+        if stop_tokens.is_empty() {
+            return Err(GuideError::Vocabulary(
+                "no stop token: the output could never end".into(),
+            ));
+        }
+        if let Some(&bad) = stop_tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(GuideError::Vocabulary(format!(
+                "stop token {bad} is past the vocabulary ({vocab_size} tokens)"
+            )));
+        }
+        let words: Vec<Vec<u8>> = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(id, t)| {
+                let special = t.special || stop_tokens.contains(&(id as TokenId));
+                if special || t.bytes.is_empty() {
+                    let name = if t.bytes.is_empty() {
+                        format!("<[{id}]>").into_bytes()
+                    } else {
+                        t.bytes
+                    };
+                    let mut w = Vec::with_capacity(name.len() + 1);
+                    w.push(TokTrie::SPECIAL_TOKEN_MARKER);
+                    w.extend_from_slice(&name);
+                    w
+                } else {
+                    t.bytes
+                }
+            })
+            .collect();
+        let mut stops = stop_tokens.to_vec();
+        stops.dedup();
+        let info = TokRxInfo::new(vocab_size as u32, stops[0]);
+        let built = catch_unwind(AssertUnwindSafe(|| {
+            let trie = TokTrie::from(&info, &words).with_eos_tokens(&stops);
+            let env: TokEnv = Arc::new(TokenizerAdapter {
+                trie,
+                encode: Box::new(encode),
+            });
+            ParserFactory::new_simple(&env)
+        }));
+        let mut factory = match built {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return Err(GuideError::Vocabulary(e.to_string())),
+            Err(_) => {
+                return Err(GuideError::Vocabulary(
+                    "llguidance failed to build the token trie".into(),
+                ))
+            }
+        };
+        factory.quiet();
+        Ok(Arc::new(Vocabulary {
+            factory,
+            vocab_size,
+            stop_tokens: stops,
+        }))
+    }
+
+    /// Number of token ids (the length of every mask).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// The tokens that end the output.
+    pub fn stop_tokens(&self) -> &[TokenId] {
+        &self.stop_tokens
+    }
+
+    /// Whether `token` ends the output.
+    pub fn is_stop(&self, token: TokenId) -> bool {
+        self.stop_tokens.contains(&token)
+    }
+
+    /// A mask over this vocabulary (all denied), to reuse with
+    /// [`Matcher::fill_mask`].
+    pub fn new_mask(&self) -> TokenMask {
+        TokenMask::deny_all(self.vocab_size)
+    }
+
+    /// Compile `constraint` into a fresh matcher. Compiling a JSON schema or
+    /// grammar costs from well under a millisecond to a few for large schemas;
+    /// the vocabulary work is shared.
+    pub fn matcher(self: &Arc<Self>, constraint: &Constraint) -> Result<Matcher, GuideError> {
+        let grammar = constraint.to_grammar();
+        let parser = catch_unwind(AssertUnwindSafe(|| self.factory.create_parser(grammar)));
+        let parser = match parser {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                return Err(GuideError::Constraint {
+                    kind: constraint.kind(),
+                    message: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(GuideError::Constraint {
+                    kind: constraint.kind(),
+                    message: "llguidance panicked while compiling".into(),
+                })
+            }
+        };
+        let inner = llguidance::Matcher::new(Ok(parser));
+        if let Some(e) = inner.get_error() {
+            return Err(GuideError::Constraint {
+                kind: constraint.kind(),
+                message: e,
+            });
+        }
+        Ok(Matcher::new(inner, self.clone()))
+    }
+}

@@ -1,0 +1,342 @@
+//! Guided generation over a toy model (no model file): bytes as tokens and a
+//! model whose logits are flat, so greedy decoding takes the lowest allowed
+//! token id — the grammar alone decides the output. A space sorts before
+//! the closing quote, so free strings run to their length limit: these tests
+//! give every string one (`max_string_length`).
+
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use twain::guide::{extends, Constraint};
+use twain::guided::{describe_schema, schema_of, GuidedOptions};
+use twain::tools::{DynTool, Tool, ToolChoice, ToolError, ToolOptions};
+use twain::{
+    ChatMl, EndReason, Error, GenerateOptions, GuidedError, Model, ModelError, ModelInfo, Session,
+    TokenId, Tokenize, TypedEvent,
+};
+
+const EOT: TokenId = 256;
+
+/// Flat logits over 257 tokens (256 bytes + end of turn).
+struct Flat(ModelInfo);
+
+impl Model for Flat {
+    type State = usize;
+    fn info(&self) -> &ModelInfo {
+        &self.0
+    }
+    fn new_state(&self) -> usize {
+        0
+    }
+    fn forward(&self, s: &mut usize, t: &[TokenId], l: &mut [f32]) -> Result<(), ModelError> {
+        self.0.check_forward(*s, t, l.len())?;
+        *s += t.len();
+        l.fill(0.0);
+        Ok(())
+    }
+    fn position(&self, s: &usize) -> usize {
+        *s
+    }
+    fn truncate(&self, s: &mut usize, n: usize) -> Result<(), ModelError> {
+        *s = n.min(*s);
+        Ok(())
+    }
+}
+
+struct Bytes;
+
+impl Tokenize for Bytes {
+    fn encode(&self, text: &str) -> Result<Vec<TokenId>, Error> {
+        Ok(text.bytes().map(u32::from).collect())
+    }
+    fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, Error> {
+        match id {
+            0..=255 => Ok(vec![id as u8]),
+            EOT => Ok(b"<|im_end|>".to_vec()),
+            _ => Err(Error::Tokenizer(format!("no token {id}"))),
+        }
+    }
+    fn is_special(&self, id: TokenId) -> bool {
+        id == EOT
+    }
+}
+
+fn opts() -> GuidedOptions {
+    GuidedOptions {
+        max_string_length: Some(4),
+        ..GuidedOptions::default()
+    }
+}
+
+fn session() -> Session<Flat> {
+    let mut info = ModelInfo::new("flat", 257, 1 << 16);
+    info.special.end_of_turn = vec![EOT];
+    Session::new(Flat(info), Arc::new(Bytes), Arc::new(ChatMl))
+}
+
+/// A thing.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+struct Thing {
+    /// Its name.
+    #[schemars(length(min = 2, max = 4))]
+    name: String,
+    /// A count.
+    count: i32,
+    /// Flags.
+    #[schemars(length(min = 1, max = 2))]
+    flags: Vec<bool>,
+    kind: Kind,
+    note: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+enum Kind {
+    Small,
+    Large,
+}
+
+#[test]
+fn the_grammar_alone_yields_a_valid_value() {
+    let mut s = session();
+    let thing: Thing = s.respond_as("Make a thing.", opts()).unwrap();
+    // Lowest bytes everywhere: strings of spaces, "-0" for the integer (read
+    // as 0), "," before "]" and "}" (arrays and optional members as long as
+    // allowed).
+    assert_eq!(
+        thing,
+        Thing {
+            name: "    ".into(),
+            count: 0,
+            flags: vec![false, false],
+            kind: Kind::Large,
+            note: Some("    ".into())
+        }
+    );
+    let answer = &s.transcript().last().unwrap().content;
+    assert_eq!(
+        answer,
+        r#"{"name": "    ", "count": -0, "flags": [false, false], "kind": "Large", "note": "    "}"#
+    );
+    // The prompt described the schema.
+    assert!(s.transcript()[0].content.contains("\"count\""));
+    // The state holds what the transcript says (the next turn reuses it).
+    assert!(!s.tokens().is_empty());
+}
+
+#[test]
+fn snapshots_extend_each_other_and_end_in_the_value() {
+    let mut s = session();
+    let mut snaps: Vec<Value> = Vec::new();
+    let mut done = None;
+    for ev in s.stream_as::<Thing>("x", opts()).unwrap() {
+        match ev.unwrap() {
+            TypedEvent::Partial(v) => snaps.push(v),
+            TypedEvent::Complete(t) => done = Some(t),
+        }
+    }
+    assert!(done.is_some());
+    assert_eq!(snaps.first(), Some(&json!({})));
+    for w in snaps.windows(2) {
+        assert!(extends(&w[0], &w[1]), "{} -> {}", w[0], w[1]);
+    }
+    let last: Value = serde_json::from_str(&s.transcript().last().unwrap().content).unwrap();
+    assert_eq!(snaps.last(), Some(&last));
+}
+
+#[test]
+fn budget_cancel_and_context_errors_are_typed() {
+    let mut s = session();
+    let r = s.respond_as::<Thing>(
+        "x",
+        GuidedOptions {
+            max_string_length: Some(4),
+            ..GuidedOptions::max_tokens(3)
+        },
+    );
+    assert!(
+        matches!(
+            r,
+            Err(GuidedError::Incomplete {
+                reason: EndReason::MaxTokens,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let cancel = twain::CancelFlag::new();
+    cancel.cancel();
+    let mut o = opts();
+    o.generate.cancel = Some(cancel);
+    let r = s.respond_as::<Thing>("x", o);
+    assert!(
+        matches!(
+            r,
+            Err(GuidedError::Incomplete {
+                reason: EndReason::Cancelled,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let mut info = ModelInfo::new("tiny", 257, 40);
+    info.special.end_of_turn = vec![EOT];
+    let mut tiny = Session::new(Flat(info), Arc::new(Bytes), Arc::new(ChatMl));
+    let r = tiny.respond_constrained(
+        "hi",
+        &Constraint::regex("a{100}"),
+        GenerateOptions::default(),
+    );
+    let r = r.and_then(|g| g.complete_text());
+    assert!(
+        matches!(
+            r,
+            Err(GuidedError::Session(Error::ExceededContextWindow { .. }))
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn schemas_are_prepared_for_rust_types() {
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Ints {
+        a: u8,
+        b: i64,
+        c: u64,
+        d: i16,
+    }
+    let s = schema_of::<Ints>();
+    assert_eq!(s["additionalProperties"], json!(false));
+    let p = &s["properties"];
+    assert_eq!(
+        (p["a"]["minimum"].clone(), p["a"]["maximum"].clone()),
+        (json!(0), json!(255))
+    );
+    assert_eq!(p["b"]["maximum"], json!(9007199254740991i64));
+    assert_eq!(p["b"]["minimum"], json!(-9007199254740991i64));
+    assert_eq!(p["c"]["minimum"], json!(0));
+    assert_eq!(p["d"]["minimum"], json!(-32768));
+    let d = describe_schema("Q", &s);
+    assert!(
+        d.starts_with("Q\n\n") && d.contains("\"a\": an integer from 0 to 255"),
+        "{d}"
+    );
+    // A schema that is not an object is described as JSON.
+    assert!(describe_schema("Q", &json!({"type": "integer"})).contains("{\"type\":\"integer\"}"));
+}
+
+#[test]
+fn max_string_length_bounds_free_strings() {
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Free {
+        text: String,
+    }
+    let mut s = session();
+    let o = GuidedOptions {
+        max_string_length: Some(5),
+        ..GuidedOptions::default()
+    };
+    let v = s.respond_json("x", &schema_of::<Free>(), o).unwrap();
+    assert_eq!(v, json!({"text": "     "}));
+    // A string with only a minimum length is capped too.
+    let schema = json!({"type": "object", "properties": {"t": {"type": "string", "minLength": 3}},
+                        "required": ["t"], "additionalProperties": false});
+    let o = GuidedOptions {
+        max_string_length: Some(5),
+        ..GuidedOptions::default()
+    };
+    let v = s.respond_json("x", &schema, o).unwrap();
+    assert_eq!(v, json!({"t": "     "}));
+    // Without the cap the string runs until the budget.
+    let r = s.respond_json("x", &schema, GuidedOptions::max_tokens(64));
+    assert!(
+        matches!(r, Err(GuidedError::Incomplete { tokens: 64, .. })),
+        "{r:?}"
+    );
+}
+
+struct Echo;
+
+/// Arguments of echo.
+#[derive(Deserialize, JsonSchema)]
+struct EchoArgs {
+    /// Text.
+    #[schemars(length(max = 3))]
+    text: String,
+}
+
+impl Tool for Echo {
+    type Args = EchoArgs;
+    fn name(&self) -> &str {
+        "echo"
+    }
+    fn description(&self) -> &str {
+        "Echo."
+    }
+    fn call(&self, args: EchoArgs) -> Result<String, ToolError> {
+        if args.text.trim().is_empty() {
+            Err(ToolError::new("empty"))
+        } else {
+            Ok(args.text)
+        }
+    }
+}
+
+#[test]
+fn tool_rounds_over_the_toy_model() {
+    // Flat logits always pick the lowest bytes: `{"answer"` sorts before
+    // `{"tool"`, so Auto answers at once; Required calls echo first, with
+    // blank text, which fails and is reported to the model.
+    let tool_opts = || ToolOptions {
+        guided: opts(),
+        ..ToolOptions::default()
+    };
+    let mut s = session();
+    let tools: [&dyn DynTool; 1] = [&Echo];
+    let r = s.respond_with_tools("x", &tools, tool_opts()).unwrap();
+    assert!(r.calls.is_empty());
+    assert_eq!(r.answer, "    ");
+    let mut s = session();
+    let r = s
+        .respond_with_tools(
+            "x",
+            &tools,
+            ToolOptions {
+                first_choice: ToolChoice::Required,
+                ..tool_opts()
+            },
+        )
+        .unwrap();
+    assert_eq!(r.calls.len(), 1);
+    assert_eq!(r.calls[0].output, Err(ToolError::new("empty")));
+    assert_eq!(r.calls[0].arguments, json!({"text": "   "}));
+    assert_eq!(
+        s.transcript()[1].content,
+        r#"{"tool": "echo", "arguments": {"text": "   "}}"#
+    );
+    assert_eq!(s.transcript()[2].content, "error: empty");
+    assert_eq!(s.transcript()[2].role, twain::Role::Tool);
+}
+
+#[test]
+fn max_array_items_bounds_free_arrays() {
+    #[derive(Debug, Deserialize, JsonSchema)]
+    struct Lists {
+        free: Vec<u8>,
+        #[schemars(length(min = 3))]
+        at_least_three: Vec<u8>,
+    }
+    let mut s = session();
+    let o = GuidedOptions {
+        max_array_items: Some(2),
+        ..opts()
+    };
+    let v: Lists = s.respond_as("x", o).unwrap();
+    // "0" sorts before "]": items go on up to the cap (the minimum wins over it).
+    assert_eq!(v.free, vec![0, 0]);
+    assert_eq!(v.at_least_three, vec![0, 0, 0]);
+}
