@@ -19,6 +19,15 @@ pub enum Parallelism {
 /// fork/join costs a few microseconds, about what a 576x576 2-bit matvec takes.
 pub const PAR_MIN_WORK: usize = 1 << 18;
 
+/// The same threshold for a single vector (`matvec`, decode); read from
+/// `TWAIN_PAR_MIN_MATVEC` once when set (for tuning), else 2^20.
+pub static PAR_MIN_WORK_MATVEC: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    std::env::var("TWAIN_PAR_MIN_MATVEC")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 20)
+});
+
 /// Rows per tile of a batched call: a tile's weights stay in L1/L2 while every
 /// batch column passes over them. Matvec calls a kernel once per chunk.
 const ROW_TILE: usize = 32;
@@ -202,12 +211,20 @@ fn run(
     };
     let work = rows.saturating_mul(cols).saturating_mul(n);
     let threads = rayon::current_num_threads();
-    if par == Parallelism::Sequential || work < PAR_MIN_WORK || threads <= 1 || rows < 2 * 8 {
+    // One vector (decode) is memory-bound and short: waking the pool costs
+    // more than it saves below a larger size, and one chunk per thread is
+    // enough. Batches split finer for balance.
+    let (min_work, per_thread) = if n == 1 {
+        (*PAR_MIN_WORK_MATVEC, 1)
+    } else {
+        (PAR_MIN_WORK, 4)
+    };
+    if par == Parallelism::Sequential || work < min_work || threads <= 1 || rows < 2 * 8 {
         chunk(0, rows);
     } else {
-        // About 4 chunks per thread for balance, in whole row tiles of 8.
+        // Whole row tiles of 8.
         let units = rows.div_ceil(8);
-        let per = units.div_ceil(units.min(threads * 4)) * 8;
+        let per = units.div_ceil(units.min(threads * per_thread)) * 8;
         (0..rows.div_ceil(per)).into_par_iter().for_each(|c| {
             let r0 = c * per;
             chunk(r0, (r0 + per).min(rows));
