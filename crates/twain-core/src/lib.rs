@@ -35,5 +35,7 @@ mod transformer;
 pub use convert::{apply_plan, convert, kv_share_plan, ConvertOptions, Preset, Progress};
 pub use error::CoreError;
 pub use kv::KvDtype;
-pub use transformer::{validate_config, Observer, State, Transformer, TransformerOptions};
+pub use transformer::{
+    validate_config, LinearDelta, Observer, State, Transformer, TransformerOptions,
+};
 pub use twain_io::{LoadedModel, ModelConfig};

@@ -2,6 +2,7 @@
 //! and q/k/v bias; SwiGLU FFN), final norm, LM head; with the KV-sharing plan.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use twain_io::{LoadedModel, ModelConfig, Tensor};
@@ -86,6 +87,23 @@ pub struct State {
     caches: Vec<LayerCache>,
     tokens_processed: u64,
     scratch: Scratch,
+    adapter: Option<Arc<dyn LinearDelta>>,
+}
+
+/// A per-state addition to the model's linear layers, applied unmerged over
+/// the (compressed) base weights: LoRA adapters implement it (crate
+/// twain-adapters). One loaded model serves many states, each with its own
+/// delta or none.
+pub trait LinearDelta: Send + Sync + std::fmt::Debug {
+    /// `y += delta_W x` for the linear layer `tensor` (canonical name such as
+    /// `blk.3.attn_q.weight`): `x` is n x cols, `y` is n x rows, row-major.
+    /// Layers the delta does not touch are left alone.
+    fn apply(&self, tensor: &str, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), String>;
+
+    /// Check that the delta fits a model: every target exists with the shape
+    /// `shape_of` reports (rows, cols), and no target is a K/V projection of a
+    /// layer that reads another layer's cache. The message names the tensor.
+    fn validate(&self, shape_of: &dyn Fn(&str) -> Option<(usize, usize)>) -> Result<(), String>;
 }
 
 /// Activation buffers reused across layers and calls.
@@ -125,6 +143,10 @@ impl State {
     /// Number of positions in the sequence.
     pub fn position(&self) -> usize {
         self.pos
+    }
+    /// The adapter this state runs with, if any.
+    pub fn adapter(&self) -> Option<&Arc<dyn LinearDelta>> {
+        self.adapter.as_ref()
     }
 }
 
@@ -383,6 +405,45 @@ impl Transformer {
         n
     }
 
+    /// (rows, cols) of a linear layer's weight, by canonical name.
+    pub fn linear_shape(&self, name: &str) -> Option<(usize, usize)> {
+        let (l, rest) = name.strip_prefix("blk.")?.split_once('.')?;
+        let layer = self.layers.get(l.parse::<usize>().ok()?)?;
+        let t = match rest {
+            "attn_q.weight" => Some(&layer.wq),
+            "attn_k.weight" => layer.wk.as_ref(),
+            "attn_v.weight" => layer.wv.as_ref(),
+            "attn_output.weight" => Some(&layer.wo),
+            "ffn_gate.weight" => Some(&layer.w_gate),
+            "ffn_up.weight" => Some(&layer.w_up),
+            "ffn_down.weight" => Some(&layer.w_down),
+            _ => None,
+        }?;
+        match t.shape() {
+            [r, c] => Some((*r, *c)),
+            _ => None,
+        }
+    }
+
+    /// Run `state` with `adapter` (or none) from now on. The adapter is
+    /// validated against this model first (an error leaves the state as it
+    /// was). The KV cache was computed with the previous adapter's
+    /// projections, so it is cleared: the state restarts at position 0.
+    pub fn set_adapter(
+        &self,
+        state: &mut State,
+        adapter: Option<Arc<dyn LinearDelta>>,
+    ) -> Result<(), CoreError> {
+        self.check_state(state)?;
+        if let Some(a) = &adapter {
+            a.validate(&|name| self.linear_shape(name))
+                .map_err(CoreError::Config)?;
+        }
+        self.rollback(state, 0);
+        state.adapter = adapter;
+        Ok(())
+    }
+
     fn check_state(&self, state: &State) -> Result<(), ModelError> {
         if state.model_id != self.id {
             return Err(ModelError::ForeignState(
@@ -546,8 +607,12 @@ impl Transformer {
         let kv_dim = nkv * hd;
         let eps = c.rms_eps;
         let State {
-            caches, scratch, ..
+            caches,
+            scratch,
+            adapter,
+            ..
         } = state;
+        let ad = adapter.as_deref();
 
         let xb = buf(&mut scratch.xb, n * d);
         for i in 0..n {
@@ -559,7 +624,7 @@ impl Transformer {
             );
         }
         let q = buf(&mut scratch.q, n * q_dim);
-        linear(&layer.wq, xb, q, obs)?;
+        linear(&layer.wq, xb, q, obs, ad)?;
         add_bias(q, layer.bq.as_deref());
         let scale = 1.0 / (hd as f32).sqrt();
         for i in 0..n {
@@ -575,8 +640,8 @@ impl Transformer {
         if let (Some(wk), Some(wv)) = (layer.wk.as_ref(), layer.wv.as_ref()) {
             let k = buf(&mut scratch.k, n * kv_dim);
             let v = buf(&mut scratch.v, n * kv_dim);
-            linear(wk, xb, k, obs)?;
-            linear(wv, xb, v, obs)?;
+            linear(wk, xb, k, obs, ad)?;
+            linear(wv, xb, v, obs, ad)?;
             add_bias(k, layer.bk.as_deref());
             add_bias(v, layer.bv.as_deref());
             let cache = &mut caches[layer.cache];
@@ -617,7 +682,7 @@ impl Transformer {
             att.chunks_mut(hd).enumerate().for_each(job);
         }
         let o = buf(&mut scratch.o, n * d);
-        linear(&layer.wo, att, o, obs)?;
+        linear(&layer.wo, att, o, obs, ad)?;
         x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
 
         // SwiGLU FFN.
@@ -632,12 +697,12 @@ impl Transformer {
         let f = c.ffn_hidden;
         let g = buf(&mut scratch.g, n * f);
         let u = buf(&mut scratch.u, n * f);
-        linear(&layer.w_gate, xb, g, obs)?;
-        linear(&layer.w_up, xb, u, obs)?;
+        linear(&layer.w_gate, xb, g, obs, ad)?;
+        linear(&layer.w_up, xb, u, obs, ad)?;
         g.iter_mut()
             .zip(u.iter())
             .for_each(|(a, b)| *a = silu(*a) * b);
-        linear(&layer.w_down, g, o, obs)?;
+        linear(&layer.w_down, g, o, obs, ad)?;
         x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
         Ok(())
     }
@@ -660,11 +725,20 @@ fn linear(
     x: &[f32],
     y: &mut [f32],
     obs: &mut Option<Observer<'_>>,
+    delta: Option<&dyn LinearDelta>,
 ) -> Result<(), CoreError> {
+    let cols = w.shape().get(1).copied().unwrap_or(x.len());
     if let Some(o) = obs {
-        o(w.name(), x, w.shape().get(1).copied().unwrap_or(x.len()));
+        o(w.name(), x, cols);
     }
     matmul(&w.matrix()?, x, y, Parallelism::Rayon)?;
+    if let Some(d) = delta {
+        d.apply(w.name(), x, x.len() / cols.max(1), y)
+            .map_err(|problem| CoreError::Tensor {
+                name: w.name().to_string(),
+                problem: format!("adapter: {problem}"),
+            })?;
+    }
     Ok(())
 }
 
@@ -765,6 +839,7 @@ impl Model for Transformer {
                 .collect(),
             tokens_processed: 0,
             scratch: Scratch::default(),
+            adapter: None,
         }
     }
 

@@ -362,3 +362,92 @@ fn a_state_from_another_model_is_refused() {
         Err(ModelError::ForeignState(_))
     ));
 }
+
+/// A dense per-state weight delta (what a merged LoRA adds), to exercise the
+/// unmerged-adapter hook.
+#[derive(Debug)]
+struct DenseDelta {
+    tensor: String,
+    rows: usize,
+    cols: usize,
+    d: Vec<f32>,
+}
+
+impl twain_core::LinearDelta for DenseDelta {
+    fn apply(&self, tensor: &str, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), String> {
+        if tensor != self.tensor {
+            return Ok(());
+        }
+        for j in 0..n {
+            for r in 0..self.rows {
+                let row = &self.d[r * self.cols..(r + 1) * self.cols];
+                y[j * self.rows + r] += row
+                    .iter()
+                    .zip(&x[j * self.cols..(j + 1) * self.cols])
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>();
+            }
+        }
+        Ok(())
+    }
+    fn validate(&self, shape_of: &dyn Fn(&str) -> Option<(usize, usize)>) -> Result<(), String> {
+        match shape_of(&self.tensor) {
+            Some(s) if s == (self.rows, self.cols) => Ok(()),
+            Some(s) => Err(format!(
+                "{}: model has {s:?}, delta has {:?}",
+                self.tensor,
+                (self.rows, self.cols)
+            )),
+            None => Err(format!("{}: no such linear layer", self.tensor)),
+        }
+    }
+}
+
+#[test]
+fn unmerged_delta_equals_merged_weights_and_can_be_swapped() {
+    let config = synthetic::tiny_config(2);
+    let (rows, cols) = (config.ffn_hidden, config.d_model);
+    let d: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 7919 % 101) as f32 - 50.0) * 1e-3)
+        .collect();
+    let name = "blk.1.ffn_up.weight".to_string();
+    let delta: Arc<dyn twain_core::LinearDelta> = Arc::new(DenseDelta {
+        tensor: name.clone(),
+        rows,
+        cols,
+        d: d.clone(),
+    });
+    // merged reference
+    let mut merged = synthetic::random_model(&config, Preset::F32, 42).unwrap();
+    let w = merged.tensors[&name].to_f32().unwrap();
+    let w2: Vec<f32> = w.iter().zip(&d).map(|(a, b)| a + b).collect();
+    merged.tensors.insert(
+        name.clone(),
+        twain_io::Tensor::from_f32(name.clone(), vec![rows, cols], w2).unwrap(),
+    );
+    let merged = Transformer::from_loaded(merged, f32_opts()).unwrap();
+    let base = build(&config, Preset::F32, f32_opts());
+    let toks = prompt(20, config.vocab_size);
+
+    let mut s = base.new_state();
+    let mut logits = vec![0.0; config.vocab_size];
+    base.forward(&mut s, &toks[..5], &mut logits).unwrap();
+    base.set_adapter(&mut s, Some(delta.clone())).unwrap();
+    assert_eq!(base.position(&s), 0, "switching adapters clears the cache");
+    base.forward(&mut s, &toks, &mut logits).unwrap();
+    assert!(max_diff(&logits, &prefill(&merged, &toks)) < 1e-4);
+    // swap back to none: the base model again
+    base.set_adapter(&mut s, None).unwrap();
+    base.forward(&mut s, &toks, &mut logits).unwrap();
+    assert!(max_diff(&logits, &prefill(&base, &toks)) < 1e-5);
+    // a delta that does not fit is refused and the state keeps its adapter and cache
+    let bad: Arc<dyn twain_core::LinearDelta> = Arc::new(DenseDelta {
+        tensor: "blk.1.ffn_up.weight".into(),
+        rows: 3,
+        cols,
+        d: vec![0.0; 3 * cols],
+    });
+    let err = base.set_adapter(&mut s, Some(bad)).unwrap_err();
+    assert!(err.to_string().contains("blk.1.ffn_up.weight"), "{err}");
+    assert_eq!(base.position(&s), toks.len());
+}
