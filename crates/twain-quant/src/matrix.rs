@@ -130,6 +130,12 @@ impl<'a> QMatrixRef<'a> {
 
 /// Dequantize one row's bytes (length already checked).
 pub(crate) fn dequantize_row_bytes(format: QuantFormat, row: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::best().backend == crate::kernels::Backend::Avx512Vnni
+        && crate::kernels::avx512::dequantize_row(format, row, out)
+    {
+        return;
+    }
     match format {
         QuantFormat::F32 => {
             for (o, c) in out.iter_mut().zip(row.chunks_exact(4)) {

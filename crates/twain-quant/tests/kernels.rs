@@ -367,3 +367,41 @@ mod attention_rows {
         }
     }
 }
+
+mod simd_dequantize {
+    use proptest::prelude::*;
+    use twain_quant::{quantize, QuantFormat, QuantizeOptions};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// The AVX-512 row dequantizer (embedding gather) is bit-identical to
+        /// the scalar reference.
+        #[test]
+        fn simd_dequantize_row_is_exact(blocks in 1usize..20, rows in 1usize..4, seed in any::<u64>(), mag in -12i32..12) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if !twain_quant::kernels::available().contains(&twain_quant::kernels::Backend::Avx512Vnni) {
+                    return Ok(());
+                }
+                let cols = 32 * blocks;
+                let mut s = seed;
+                let w: Vec<f32> = (0..rows * cols).map(|_| { s = s.wrapping_mul(6364136223846793005).wrapping_add(1); ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * 2f32.powi(mag) }).collect();
+                for fmt in [QuantFormat::Q2, QuantFormat::Q4, QuantFormat::Q8] {
+                    let q = quantize(fmt, rows, cols, &w, &QuantizeOptions::default()).unwrap();
+                    let m = q.as_ref();
+                    for r in 0..rows {
+                        let mut a = vec![0.0f32; cols];
+                        let mut b = vec![0.0f32; cols];
+                        prop_assert!(twain_quant::kernels::avx512::dequantize_row(fmt, m.row_data(r).unwrap(), &mut a));
+                        match fmt {
+                            QuantFormat::Q2 => twain_quant::kernels::scalar::dequantize_row_q2(m.row_data(r).unwrap(), &mut b),
+                            QuantFormat::Q4 => twain_quant::kernels::scalar::dequantize_row_q4(m.row_data(r).unwrap(), &mut b),
+                            _ => twain_quant::kernels::scalar::dequantize_row_q8(m.row_data(r).unwrap(), &mut b),
+                        }
+                        prop_assert_eq!(&a, &b, "{} row {}", fmt, r);
+                    }
+                }
+            }
+        }
+    }
+}

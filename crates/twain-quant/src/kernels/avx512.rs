@@ -858,3 +858,51 @@ unsafe fn dot_f16_impl(h: &[u16], x: &[f32]) -> f32 {
         _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
     }
 }
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn deq_to<F: DeqFmt>(row: &[u8], out: &mut [f32]) {
+    let cols = out.len();
+    // SAFETY: the caller checked row.len() == row_bytes(cols); each block
+    // writes 32 floats inside `out`.
+    unsafe {
+        let rp = row.as_ptr();
+        let rs = F::row_scale(rp);
+        for b in 0..cols / QK {
+            let (lo, hi) = F::values(rp, cols, b);
+            let s = _mm512_set1_ps(rs * F::scale(rp, cols, b));
+            let op = out.as_mut_ptr().add(b * QK);
+            _mm512_storeu_ps(op, _mm512_mul_ps(lo, s));
+            _mm512_storeu_ps(op.add(16), _mm512_mul_ps(hi, s));
+        }
+    }
+}
+
+/// Dequantize one Q2/Q4/Q8 row, bit-identical to the scalar reference
+/// (`row.len()` must be the format's row size for `out.len()` columns).
+/// Returns false for other formats (the caller falls back to scalar).
+pub fn dequantize_row(format: crate::QuantFormat, row: &[u8], out: &mut [f32]) -> bool {
+    check();
+    let cols = out.len();
+    if !cols.is_multiple_of(QK) {
+        return false;
+    }
+    // SAFETY: features checked; sizes asserted per format.
+    unsafe {
+        match format {
+            crate::QuantFormat::Q2 => {
+                assert_eq!(row.len(), Q2F::row_bytes(cols));
+                deq_to::<Q2F>(row, out)
+            }
+            crate::QuantFormat::Q4 => {
+                assert_eq!(row.len(), Q4F::row_bytes(cols));
+                deq_to::<Q4F>(row, out)
+            }
+            crate::QuantFormat::Q8 => {
+                assert_eq!(row.len(), Q8F::row_bytes(cols));
+                deq_to::<Q8F>(row, out)
+            }
+            _ => return false,
+        }
+    }
+    true
+}
