@@ -116,3 +116,115 @@ fn bad_arguments_and_files_are_clear_errors() {
     assert!(!ok);
     assert!(err.contains("unknown preset"), "{err}");
 }
+
+fn twain_stdin(args: &[&str], input: &str) -> (String, String, bool) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twain"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run twain");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+#[test]
+fn chat_answers_two_turns_from_stdin() {
+    let g = gguf();
+    let (out, err, ok) = twain_stdin(
+        &[
+            "chat",
+            "--model",
+            g.to_str().unwrap(),
+            "--preset",
+            "q8",
+            "--max-tokens",
+            "12",
+        ],
+        "What is the capital of France?\nAnd of Italy?\n",
+    );
+    assert!(ok, "stderr: {err}");
+    let answers: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(answers.len() >= 2, "expected two answers, got {out:?}");
+    assert!(out.contains("Paris"), "{out:?}");
+}
+
+#[test]
+fn perplexity_with_a_kl_base_reports_every_figure() {
+    let g = gguf();
+    let dir = std::env::temp_dir().join(format!("twain-ppl-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "In the beginning God created the heaven and the earth. And the earth was without form, and void; and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters. And God said, Let there be light: and there was light. And God saw the light, that it was good: and God divided the light from the darkness.").unwrap();
+    let (out, err, ok) = twain(&[
+        "perplexity",
+        "--model",
+        g.to_str().unwrap(),
+        "--preset",
+        "q8",
+        "--file",
+        text.to_str().unwrap(),
+        "--ctx",
+        "32",
+        "--kl-base",
+        g.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "stderr: {err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    let ppl = v["perplexity"].as_f64().unwrap();
+    let kld = v["mean_kld"].as_f64().unwrap();
+    let agree = v["top1_agreement"].as_f64().unwrap();
+    assert!(ppl > 1.0 && ppl < 100.0, "{v}");
+    assert!(
+        (0.0..0.1).contains(&kld),
+        "q8 against f32 should be close: {v}"
+    );
+    assert!(agree > 0.8, "{v}");
+    assert!(v["chunks"].as_u64().unwrap() >= 2);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn generate_with_a_schema_prints_valid_json() {
+    let g = gguf();
+    let dir = std::env::temp_dir().join(format!("twain-schema-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = dir.join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type":"object","properties":{"city":{"type":"string","maxLength":20},"country":{"type":"string","enum":["France","Italy","Spain"]}},"required":["city","country"],"additionalProperties":false}"#,
+    )
+    .unwrap();
+    let (out, err, ok) = twain(&[
+        "generate",
+        "--model",
+        g.to_str().unwrap(),
+        "--preset",
+        "q8",
+        "--max-tokens",
+        "60",
+        "--schema",
+        schema.to_str().unwrap(),
+        "Name the capital of France.",
+    ]);
+    assert!(ok, "stderr: {err}");
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert!(v["city"].as_str().unwrap().len() <= 20);
+    assert!(["France", "Italy", "Spain"].contains(&v["country"].as_str().unwrap()));
+    std::fs::remove_dir_all(&dir).ok();
+}
