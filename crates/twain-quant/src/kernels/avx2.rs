@@ -290,6 +290,9 @@ unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
     }
 }
 
+/// Rows a single-vector kernel prefetches ahead of the row it computes.
+const PREFETCH_ROWS: usize = 32;
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemm<F: Fmt>(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
     let rb = F::row_bytes(cols);
@@ -300,8 +303,17 @@ unsafe fn gemm<F: Fmt>(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r
     // the caller owns rows r0 .. r0 + rows of `out`.
     unsafe {
         if n == 1 {
+            // Prefetch rows ahead of the one computed (see avx512.rs).
+            let end = base.add(rows * rb);
+            let ahead = PREFETCH_ROWS * rb;
             let mut r = 0;
             while r + 4 <= rows {
+                let next = base.add((r + 4) * rb + ahead);
+                let mut q = base.add(r * rb + ahead);
+                while q < next && q < end {
+                    _mm_prefetch::<_MM_HINT_T0>(q as *const i8);
+                    q = q.add(64);
+                }
                 tile::<F, 4, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
                 r += 4;
             }
