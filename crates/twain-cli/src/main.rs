@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
 use twain::engine::{default_model_path, Engine, LoadOptions, DEFAULT_PRESET};
 use twain::{Event, GenerateOptions, Model, Sampler};
-use twain_core::{KvDtype, Preset, Transformer};
+use twain_core::{KvDtype, LinearDelta, Preset, Transformer};
 
 mod perplexity;
 
@@ -42,6 +43,13 @@ struct ModelArgs {
     /// KV-cache type: int8 (default), f16, f32.
     #[arg(long, default_value = "int8")]
     kv_cache: String,
+    /// LoRA adapter (PEFT directory, GGUF LoRA or twain native), applied
+    /// unmerged over the base.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Multiplier on the adapter's alpha / r.
+    #[arg(long, default_value_t = 1.0)]
+    adapter_scale: f32,
 }
 
 #[derive(clap::Args, Clone)]
@@ -108,6 +116,9 @@ enum Command {
         /// Skip the activation-statistics calibration of the q4 and afm presets.
         #[arg(long)]
         no_calibrate: bool,
+        /// Bake this LoRA adapter into the weights before quantizing.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
     },
     /// Describe a model file: formats, sizes, bits per weight, KV plan.
     Inspect {
@@ -138,6 +149,10 @@ enum Command {
         /// embeddings) or `afm-unshared` (the same without KV sharing).
         #[arg(long)]
         synthetic: Option<String>,
+        /// Apply a random LoRA adapter of this rank to every linear layer
+        /// (alpha 16), to measure the cost of an unmerged adapter.
+        #[arg(long)]
+        random_adapter: Option<usize>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -276,6 +291,54 @@ fn load_engine(args: &ModelArgs, skip: bool) -> Res<Engine> {
     Ok(engine)
 }
 
+/// The adapter of `--adapter` (scaled by `--adapter-scale`), if any.
+fn adapter_of(args: &ModelArgs, engine: &Engine) -> Res<Option<Arc<dyn LinearDelta>>> {
+    let Some(path) = &args.adapter else {
+        return Ok(None);
+    };
+    let a = engine
+        .load_adapter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let a = Arc::unwrap_or_clone(a).with_scale(args.adapter_scale);
+    Ok(Some(Arc::new(a)))
+}
+
+/// A session over `engine` with `--adapter` applied.
+fn session_of(args: &ModelArgs, engine: &Engine) -> Res<twain::Session<Arc<Transformer>>> {
+    let mut s = engine.session();
+    if let Some(a) = adapter_of(args, engine)? {
+        s.set_adapter(Some(a)).map_err(|e| e.to_string())?;
+    }
+    Ok(s)
+}
+
+/// A random rank-`rank` LoRA adapter on every linear layer of `model` (alpha 16), for benchmarks.
+fn random_adapter(model: &Transformer, rank: usize) -> Res<Arc<dyn LinearDelta>> {
+    let mut a = twain::adapters::LoraAdapter::new();
+    let mut rng = twain_core::synthetic::SplitMix::new(7);
+    for l in 0..model.config().n_layers {
+        for m in [
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ] {
+            let name = format!("blk.{l}.{m}.weight");
+            let Some((rows, cols)) = model.linear_shape(&name) else {
+                continue;
+            };
+            let av: Vec<f32> = (0..rank * cols).map(|_| 0.01 * rng.uniform()).collect();
+            let bv: Vec<f32> = (0..rows * rank).map(|_| 0.01 * rng.uniform()).collect();
+            a.insert(&name, rows, cols, rank, 16.0 / rank as f32, av, bv)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(Arc::new(a))
+}
+
 fn sampler(a: &SampleArgs) -> Res<Sampler> {
     if a.temperature <= 0.0 && a.top_k.is_none() && a.top_p.is_none() {
         return Ok(Sampler::greedy());
@@ -361,7 +424,7 @@ fn run(cmd: Command) -> Res<()> {
             prompt,
         } => {
             let engine = load_engine(&model, true)?;
-            let mut session = engine.session();
+            let mut session = session_of(&model, &engine)?;
             session.set_sampler(sampler(&sample)?);
             if let Some(file) = schema {
                 return generate_json(&mut session, &file, &prompt, &sample);
@@ -380,7 +443,7 @@ fn run(cmd: Command) -> Res<()> {
             system,
         } => {
             let engine = load_engine(&model, true)?;
-            let mut session = engine.session();
+            let mut session = session_of(&model, &engine)?;
             if let Some(s) = system {
                 session = session.with_system(s);
             }
@@ -418,12 +481,14 @@ fn run(cmd: Command) -> Res<()> {
             preset,
             kv_share,
             no_calibrate,
+            adapter,
         } => convert_cmd(
             &input,
             &output,
             parse_preset(&preset)?,
             parse_share(&kv_share)?,
             !no_calibrate,
+            adapter.as_deref(),
         ),
         Command::Inspect { path, json } => inspect(&path, json),
         Command::Bench {
@@ -433,10 +498,12 @@ fn run(cmd: Command) -> Res<()> {
             reps,
             no_skip,
             synthetic,
+            random_adapter,
             json,
         } => bench(
             &model,
             synthetic.as_deref(),
+            random_adapter,
             prompt_tokens,
             gen_tokens,
             reps,
@@ -460,6 +527,8 @@ fn run(cmd: Command) -> Res<()> {
                         preset: Some(kl_base_preset),
                         kv_share: None,
                         kv_cache: "f32".into(),
+                        adapter: None,
+                        adapter_scale: 1.0,
                     },
                     true,
                 )?),
@@ -485,6 +554,8 @@ fn run(cmd: Command) -> Res<()> {
                 preset: Some(preset.name().into()),
                 kv_share: None,
                 kv_cache: "int8".into(),
+                adapter: None,
+                adapter_scale: 1.0,
             })?;
             println!("{}", path.display());
             Ok(())
@@ -498,9 +569,19 @@ fn convert_cmd(
     preset: Preset,
     kv_share: Option<(usize, usize)>,
     calibrate: bool,
+    adapter: Option<&Path>,
 ) -> Res<()> {
     let t0 = Instant::now();
-    let loaded = twain_io::load_model(input).map_err(|e| e.to_string())?;
+    let mut loaded = twain_io::load_model(input).map_err(|e| e.to_string())?;
+    if let Some(a) = adapter {
+        let lora =
+            twain::adapters::LoraAdapter::load(a).map_err(|e| format!("{}: {e}", a.display()))?;
+        twain::adapters::merge_into(&lora, &mut loaded)
+            .map_err(|e| format!("{}: {e}", a.display()))?;
+        loaded
+            .provenance
+            .insert("twain.adapter".into(), a.display().to_string());
+    }
     let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&loaded).map_err(|e| e.to_string())?;
     let json = tokenizer.to_json().map_err(|e| e.to_string())?;
     let calibrated = calibrate && twain::engine::needs_calibration(preset);
@@ -683,9 +764,11 @@ fn synthetic_model(name: &str, skip: bool, kv_cache: &str) -> Res<Transformer> {
     .map_err(|e| e.to_string())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench(
     args: &ModelArgs,
     synthetic: Option<&str>,
+    random_adapter_rank: Option<usize>,
     prompt_tokens: usize,
     gen_tokens: usize,
     reps: usize,
@@ -693,12 +776,32 @@ fn bench(
     json: bool,
 ) -> Res<()> {
     let t0 = Instant::now();
-    let model = match synthetic {
-        Some(name) => std::sync::Arc::new(synthetic_model(name, skip, &args.kv_cache)?),
-        None => load_engine(args, skip)?.model,
+    let (model, adapter) = match synthetic {
+        Some(name) => (
+            std::sync::Arc::new(synthetic_model(name, skip, &args.kv_cache)?),
+            None,
+        ),
+        None => {
+            let engine = load_engine(args, skip)?;
+            let adapter = adapter_of(args, &engine)?;
+            (engine.model, adapter)
+        }
     };
     let load_s = t0.elapsed().as_secs_f64();
+    let adapter = match random_adapter_rank {
+        Some(r) => Some(random_adapter(&model, r)?),
+        None => adapter,
+    };
     let model = &model;
+    let new_state = || -> Res<twain_core::State> {
+        let mut s = model.new_state();
+        if adapter.is_some() {
+            model
+                .set_adapter(&mut s, adapter.clone())
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(s)
+    };
     let vocab = model.info().vocab_size as u32;
     let prompt: Vec<u32> = (0..prompt_tokens as u32)
         .map(|i| (i * 7919 + 13) % vocab)
@@ -706,13 +809,13 @@ fn bench(
     let mut logits = vec![0.0f32; vocab as usize];
     let (mut best_pp, mut best_tg) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..reps.max(1) {
-        let mut state = model.new_state();
+        let mut state = new_state()?;
         let t = Instant::now();
         model
             .forward(&mut state, &prompt, &mut logits)
             .map_err(|e| e.to_string())?;
         best_pp = best_pp.min(t.elapsed().as_secs_f64());
-        let mut state = model.new_state();
+        let mut state = new_state()?;
         model
             .forward(&mut state, &prompt[..1], &mut logits)
             .map_err(|e| e.to_string())?;
@@ -738,7 +841,7 @@ fn bench(
                 "model": model.info().name, "threads": threads, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
                 "prefill_tok_s": pp, "decode_tok_s": tg, "ttft_ms": best_pp * 1e3, "load_s": load_s,
                 "peak_rss_mib": rss, "weight_bytes": wbytes, "decode_weight_gb_s": wbytes as f64 * tg / 1e9,
-                "kv_bytes_per_token": model.kv_bytes_per_token(), "skip_shared_prefill": skip, "kernels": twain_quant::backend_name(),
+                "kv_bytes_per_token": model.kv_bytes_per_token(), "skip_shared_prefill": skip, "kernels": twain_quant::backend_name(), "adapter": adapter.is_some(),
             })
         );
     } else {

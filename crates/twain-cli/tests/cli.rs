@@ -228,3 +228,73 @@ fn generate_with_a_schema_prints_valid_json() {
     assert!(["France", "Italy", "Spain"].contains(&v["country"].as_str().unwrap()));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+fn repo(path: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn adapters_apply_unmerged_bake_in_and_mismatches_are_refused() {
+    let base = repo("crates/twain-io/tests/fixtures/hf_llama");
+    let peft = repo("crates/twain-adapters/tests/fixtures/peft_llama");
+    let (out, err, ok) = twain(&[
+        "bench",
+        "--model",
+        &base,
+        "--preset",
+        "f32",
+        "--adapter",
+        &peft,
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "4",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["adapter"], true);
+    let dir = std::env::temp_dir().join(format!("twain-adapter-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out_path = dir.join("merged.twain");
+    let (_, err, ok) = twain(&[
+        "convert",
+        &base,
+        out_path.to_str().unwrap(),
+        "--preset",
+        "q8",
+        "--adapter",
+        &peft,
+    ]);
+    assert!(ok, "{err}");
+    let (json, err, ok) = twain(&["inspect", out_path.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["provenance"]["twain.adapter"]
+        .as_str()
+        .unwrap()
+        .contains("peft_llama"));
+    // an adapter made for another model is refused with the tensor named
+    let g = gguf();
+    let (_, err, ok) = twain(&[
+        "generate",
+        "--model",
+        g.to_str().unwrap(),
+        "--preset",
+        "q8",
+        "--adapter",
+        &peft,
+        "--max-tokens",
+        "2",
+        "hi",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("blk.0."), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -15,6 +15,9 @@ pub enum CoreError {
         /// What is wrong with it.
         problem: String,
     },
+    /// An adapter does not fit the model (the message names the tensor).
+    #[error("adapter: {0}")]
+    Adapter(String),
     /// Reading model files failed.
     #[error(transparent)]
     Io(#[from] twain_io::IoError),

@@ -437,7 +437,7 @@ impl Transformer {
         self.check_state(state)?;
         if let Some(a) = &adapter {
             a.validate(&|name| self.linear_shape(name))
-                .map_err(CoreError::Config)?;
+                .map_err(CoreError::Adapter)?;
         }
         self.rollback(state, 0);
         state.adapter = adapter;

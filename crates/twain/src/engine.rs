@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use twain_adapters::LoraAdapter;
+use twain_core::LinearDelta;
 use twain_core::{
     convert, ConvertOptions, KvDtype, Preset, Progress, Transformer, TransformerOptions,
 };
@@ -291,4 +293,31 @@ pub fn calibrate_file(
         .map_err(load_err)?;
     let n = tokens.len().min(8192);
     twain_core::eval::calibrate(&model, &tokens[..n], 512, |_, _| {}).map_err(load_err)
+}
+
+impl Engine {
+    /// Load a LoRA adapter (PEFT directory, llama.cpp GGUF LoRA or twain
+    /// native file) for this engine's model, converted to its RoPE layout and
+    /// validated against it.
+    pub fn load_adapter(&self, path: impl AsRef<Path>) -> Result<Arc<LoraAdapter>, Error> {
+        let adapter = LoraAdapter::load_for(path, self.model.config()).map_err(load_err)?;
+        adapter
+            .check(&|name| self.model.linear_shape(name))
+            .map_err(load_err)?;
+        Ok(Arc::new(adapter))
+    }
+}
+
+impl Session<Arc<Transformer>> {
+    /// Run this session's following turns with `adapter` (or none), over the
+    /// same base weights. The KV cache was computed with the previous
+    /// adapter, so it is dropped and the next turn prefills the transcript
+    /// again; the transcript is kept. On error nothing changes.
+    pub fn set_adapter(&mut self, adapter: Option<Arc<dyn LinearDelta>>) -> Result<(), Error> {
+        self.model
+            .set_adapter(&mut self.state, adapter)
+            .map_err(|e| Error::Load(e.to_string()))?;
+        self.tokens.clear();
+        Ok(())
+    }
 }

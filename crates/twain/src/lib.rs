@@ -72,6 +72,8 @@ pub use session::Session;
 pub use text::{Piece, TextAssembler};
 pub use tokenize::{ChatFormat, ChatMl, Message, Role, Tokenize};
 pub use tools::{Tool, ToolError};
+#[cfg(feature = "core")]
+pub use twain_adapters as adapters;
 pub use twain_guide as guide;
 pub use twain_model::{Model, ModelError, ModelInfo, SpecialTokens, TokenId};
 pub use twain_sample as sample;

@@ -86,3 +86,47 @@ fn passing_the_context_window_is_a_typed_error_and_the_session_survives() {
         .unwrap();
     assert!(!text.is_empty());
 }
+
+#[test]
+fn a_session_swaps_adapters_over_one_base() {
+    use std::sync::Arc;
+    let engine = engine(None);
+    let mut lora = twain::adapters::LoraAdapter::new();
+    let mut seed = 1u64;
+    let mut rnd = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+    };
+    for l in 0..engine.model.config().n_layers {
+        let name = format!("blk.{l}.ffn_down.weight");
+        let (rows, cols) = engine.model.linear_shape(&name).unwrap();
+        let a: Vec<f32> = (0..8 * cols).map(|_| rnd()).collect();
+        let b: Vec<f32> = (0..rows * 8).map(|_| rnd()).collect();
+        lora.insert(&name, rows, cols, 8, 2.0, a, b).unwrap();
+    }
+    let lora: Arc<dyn twain_core::LinearDelta> = Arc::new(lora);
+    let q = "What is the capital of France?";
+    let opts = || GenerateOptions {
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let mut plain = engine.session();
+    let (base_answer, _) = plain.respond(q, opts()).unwrap().collect_text().unwrap();
+
+    let mut s = engine.session();
+    s.set_adapter(Some(lora.clone())).unwrap();
+    let (adapted, _) = s.respond(q, opts()).unwrap().collect_text().unwrap();
+    assert_ne!(
+        adapted, base_answer,
+        "a strong adapter must change the answer"
+    );
+    // Switch back to the base between turns: the cache is rebuilt, the answer is the base's.
+    s.set_adapter(None).unwrap();
+    s.reset();
+    let (again, _) = s.respond(q, opts()).unwrap().collect_text().unwrap();
+    assert_eq!(again, base_answer);
+    // The other session was never affected.
+    assert!(plain.state().adapter().is_none());
+}
