@@ -30,7 +30,7 @@ impl Default for TransformerOptions {
     fn default() -> Self {
         Self {
             kv_dtype: KvDtype::Int8,
-            prefill_chunk: 64,
+            prefill_chunk: 256,
             skip_shared_prefill: true,
             context_length: None,
         }
