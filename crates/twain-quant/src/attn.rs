@@ -34,6 +34,12 @@ pub fn dot_rows(
         unsafe { x86::dot_rows(rows, stride, scales, scale_stride, x, out) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(8) && avx2() {
+        // SAFETY: AVX2/FMA checked at run time; bounds asserted above.
+        unsafe { x86::dot_rows_avx2(rows, stride, scales, scale_stride, x, out) };
+        return;
+    }
     scalar_dot_rows(rows, stride, scales, scale_stride, x, out);
 }
 
@@ -66,6 +72,12 @@ pub fn axpy_rows(
     if d.is_multiple_of(16) && avx512() {
         // SAFETY: AVX-512F/BW checked at run time; bounds asserted above.
         unsafe { x86::axpy_rows(w, rows, stride, scales, scale_stride, y) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(8) && avx2() {
+        // SAFETY: AVX2/FMA checked at run time; bounds asserted above.
+        unsafe { x86::axpy_rows_avx2(w, rows, stride, scales, scale_stride, y) };
         return;
     }
     scalar_axpy_rows(w, rows, stride, scales, scale_stride, y);
@@ -113,6 +125,17 @@ fn avx512() -> bool {
         std::env::var("TWAIN_QUANT_BACKEND").map_or(true, |b| b == "avx512vnni")
             && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::env::var("TWAIN_QUANT_BACKEND").map_or(true, |b| b != "scalar")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
     })
 }
 
@@ -184,6 +207,103 @@ mod x86 {
                 }
                 for (l, a) in acc.iter().enumerate().take(lanes) {
                     _mm512_storeu_ps(yp.add(16 * l), *a);
+                }
+                c += width;
+            }
+        }
+    }
+
+    /// Sum of the 8 lanes.
+    #[inline(always)]
+    unsafe fn hsum8(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// 8 int8 at `p` as f32.
+    #[inline(always)]
+    unsafe fn i8x8(p: *const i8) -> __m256 {
+        // SAFETY: the caller keeps p .. p + 8 inside the rows.
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_rows_avx2(
+        rows: &[i8],
+        stride: usize,
+        scales: &[f32],
+        scale_stride: usize,
+        x: &[f32],
+        out: &mut [f32],
+    ) {
+        let d = x.len();
+        // SAFETY (whole body): bounds as asserted by the caller; every load
+        // reads rows[t*stride + c .. + 8] with c + 8 <= d and x[c .. c + 8].
+        unsafe {
+            let n = out.len();
+            let xp = x.as_ptr();
+            let mut t = 0;
+            // Two rows at a time: each x vector is loaded once for both.
+            while t + 2 <= n {
+                let r0 = rows.as_ptr().add(t * stride);
+                let r1 = r0.add(stride);
+                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut c = 0;
+                while c < d {
+                    let xv = _mm256_loadu_ps(xp.add(c));
+                    a0 = _mm256_fmadd_ps(i8x8(r0.add(c)), xv, a0);
+                    a1 = _mm256_fmadd_ps(i8x8(r1.add(c)), xv, a1);
+                    c += 8;
+                }
+                out[t] = *scales.get_unchecked(t * scale_stride) * hsum8(a0);
+                out[t + 1] = *scales.get_unchecked((t + 1) * scale_stride) * hsum8(a1);
+                t += 2;
+            }
+            if t < n {
+                let r0 = rows.as_ptr().add(t * stride);
+                let mut a0 = _mm256_setzero_ps();
+                let mut c = 0;
+                while c < d {
+                    a0 = _mm256_fmadd_ps(i8x8(r0.add(c)), _mm256_loadu_ps(xp.add(c)), a0);
+                    c += 8;
+                }
+                out[t] = *scales.get_unchecked(t * scale_stride) * hsum8(a0);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy_rows_avx2(
+        w: &[f32],
+        rows: &[i8],
+        stride: usize,
+        scales: &[f32],
+        scale_stride: usize,
+        y: &mut [f32],
+    ) {
+        let d = y.len();
+        // SAFETY (whole body): bounds as asserted by the caller; y chunks of
+        // 64 (or the 8-multiple tail) stay inside y, row loads inside rows.
+        unsafe {
+            let mut c = 0;
+            while c < d {
+                let width = (d - c).min(64);
+                let lanes = width / 8;
+                let yp = y.as_mut_ptr().add(c);
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (l, a) in acc.iter_mut().enumerate().take(lanes) {
+                    *a = _mm256_loadu_ps(yp.add(8 * l));
+                }
+                for (t, &wt) in w.iter().enumerate() {
+                    let a = _mm256_set1_ps(wt * *scales.get_unchecked(t * scale_stride));
+                    let r = rows.as_ptr().add(t * stride + c);
+                    for (l, s) in acc.iter_mut().enumerate().take(lanes) {
+                        *s = _mm256_fmadd_ps(a, i8x8(r.add(8 * l)), *s);
+                    }
+                }
+                for (l, a) in acc.iter().enumerate().take(lanes) {
+                    _mm256_storeu_ps(yp.add(8 * l), *a);
                 }
                 c += width;
             }

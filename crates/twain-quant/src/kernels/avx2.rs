@@ -1,10 +1,16 @@
 //! AVX2 + FMA + F16C kernels.
 //!
-//! Quantized rows run one block (32 weights) per step: codes are unpacked to
-//! 32 unsigned bytes, multiplied with the int8 activations by `vpmaddubsw` +
-//! `vpmaddwd` into 8 int32 lanes seeded with the block's offset term (see
-//! [`super::ActPanel`]), converted to f32 and scaled by the block's
-//! weight-times-activation scale. Four rows are interleaved to hide latency.
+//! Q2 and Q4 rows run a pair of blocks (64 weights) per step: codes are
+//! unpacked to 2 x 32 unsigned bytes in [`PairOrder::Half`], multiplied with
+//! the int8 activations by two `vpmaddubsw`, added as int16 (no overflow: at
+//! most 4 x 15 x 127 x 2) and widened by one `vpmaddwd` into 8 int32 lanes,
+//! 4 per block. Four pairs (a group of 8 blocks) are folded by three `vphaddd`
+//! into one vector of 8 block sums in [`GROUP_ORDER`], which is seeded with the
+//! blocks' offset terms, converted to f32 once and multiplied by the 8 blocks'
+//! weight-times-activation scales: the float work is per 8 blocks, not per block.
+//!
+//! Q8 runs one block per step the same way without the grouping (its int16
+//! products would overflow a sum of two).
 
 // Register tiles are indexed by (row, column) in several arrays at once.
 #![allow(clippy::needless_range_loop)]
@@ -58,12 +64,12 @@ fn panel(f: QuantFormat) -> PanelKind {
         QuantFormat::Q2 => PanelKind::Simd {
             corr: -3,
             dx_mul: 0.5,
-            order: PairOrder::Natural,
+            order: PairOrder::Half,
         },
         QuantFormat::Q4 => PanelKind::Simd {
             corr: -8,
             dx_mul: 1.0,
-            order: PairOrder::Natural,
+            order: PairOrder::Half,
         },
         // Signed x signed via the sign trick: no offset term.
         QuantFormat::Q8 => PanelKind::Simd {
@@ -91,8 +97,6 @@ trait Fmt {
     unsafe fn row_scale(row: *const u8) -> f32;
     /// Weight scale of block `b`.
     unsafe fn scale(row: *const u8, cols: usize, b: usize) -> f32;
-    /// 8 int32 partial sums of block `b`'s codes times the 32 int8 values `x`.
-    unsafe fn dot(row: *const u8, cols: usize, b: usize, x: __m256i) -> __m256i;
     /// Block `b`'s 32 values before scaling, as 4 x 8 floats in element order.
     unsafe fn values(row: *const u8, cols: usize, b: usize) -> [__m256; 4];
 }
@@ -141,18 +145,6 @@ impl Fmt for Q2F {
     }
 
     #[inline(always)]
-    unsafe fn dot(row: *const u8, _cols: usize, b: usize, x: __m256i) -> __m256i {
-        // SAFETY: the 8 code bytes of block b are inside the row.
-        unsafe {
-            let q = (row.add(Q2_ROW_HEADER + b * 8) as *const u64).read_unaligned();
-            let c = _mm256_srlv_epi64(_mm256_set1_epi64x(q as i64), _mm256_set_epi64x(6, 4, 2, 0));
-            let c = _mm256_and_si256(c, _mm256_set1_epi8(3));
-            let u = _mm256_add_epi8(c, c);
-            _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
-        }
-    }
-
-    #[inline(always)]
     unsafe fn values(row: *const u8, _cols: usize, b: usize) -> [__m256; 4] {
         // SAFETY: the 8 code bytes of block b are inside the row.
         unsafe {
@@ -180,18 +172,6 @@ impl Fmt for Q4F {
         f16_to_f32(unsafe { (row.add(2 * b) as *const u16).read_unaligned() })
     }
 
-    #[inline(always)]
-    unsafe fn dot(row: *const u8, cols: usize, b: usize, x: __m256i) -> __m256i {
-        // SAFETY: the 16 code bytes of block b are inside the row.
-        unsafe {
-            let q = _mm_loadu_si128(row.add(scales_bytes(cols / QK) + 16 * b) as *const __m128i);
-            let u = _mm256_and_si256(
-                _mm256_set_m128i(_mm_srli_epi16(q, 4), q),
-                _mm256_set1_epi8(0x0f),
-            );
-            _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
-        }
-    }
     #[inline(always)]
     unsafe fn values(row: *const u8, cols: usize, b: usize) -> [__m256; 4] {
         // SAFETY: the 16 code bytes of block b are inside the row.
@@ -223,17 +203,6 @@ impl Fmt for Q8F {
     }
 
     #[inline(always)]
-    unsafe fn dot(row: *const u8, cols: usize, b: usize, x: __m256i) -> __m256i {
-        // SAFETY: the 32 value bytes of block b are inside the row.
-        unsafe {
-            let q = _mm256_loadu_si256(row.add(scales_bytes(cols / QK) + 32 * b) as *const __m256i);
-            // |w| (unsigned) times x with w's sign: exact, |w| <= 127.
-            let s = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
-            _mm256_madd_epi16(s, _mm256_set1_epi16(1))
-        }
-    }
-
-    #[inline(always)]
     unsafe fn values(row: *const u8, cols: usize, b: usize) -> [__m256; 4] {
         // SAFETY: the 32 value bytes of block b are inside the row.
         unsafe {
@@ -243,9 +212,205 @@ impl Fmt for Q8F {
     }
 }
 
-/// `R` rows times `C` panel columns from `j0`, one f32 accumulator each.
+/// A format that runs in groups of 8 blocks (Q2, Q4).
+trait Grouped: Fmt {
+    /// Unsigned codes of blocks `b` and `b + 1` in [`PairOrder::Half`]:
+    /// (elements 0..16 of b, of b + 1), (elements 16..32 of b, of b + 1);
+    /// block b + 1's halves are zero when `pair` is false.
+    unsafe fn pair(row: *const u8, cols: usize, b: usize, pair: bool) -> (__m256i, __m256i);
+    /// Weight scales of blocks `g0 .. g0 + m` (`g0` a multiple of 8, `m <= 8`)
+    /// in [`super::GROUP_ORDER`], zeros for blocks past `m`.
+    unsafe fn gscales(row: *const u8, cols: usize, g0: usize, m: usize) -> __m256;
+}
+
+/// Lane `i` set (all ones) where `GROUP_ORDER[i] < m`.
 #[inline(always)]
-unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
+unsafe fn group_mask(m: usize) -> __m256 {
+    // SAFETY: plain arithmetic on registers.
+    unsafe {
+        _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+            _mm256_set1_epi32(m as i32),
+            _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7),
+        ))
+    }
+}
+
+impl Grouped for Q2F {
+    #[inline(always)]
+    unsafe fn pair(row: *const u8, _cols: usize, b: usize, pair: bool) -> (__m256i, __m256i) {
+        // SAFETY: reads the 8 code bytes of block b (16 of b, b + 1 when `pair`).
+        unsafe {
+            let p = row.add(Q2_ROW_HEADER + b * 8) as *const __m128i;
+            let q = if pair {
+                _mm_loadu_si128(p)
+            } else {
+                _mm_loadl_epi64(p)
+            };
+            // Qwords [q_b, q_b, q_b+1, q_b+1]; qword i of a block holds elements
+            // 8i..8i+8 at bits 2i..2i+1 of each byte. Doubled codes 2c come out
+            // of shifts by 2i - 1 and a mask of 6.
+            let v = _mm256_permute4x64_epi64::<0b01_01_00_00>(_mm256_castsi128_si256(q));
+            let six = _mm256_set1_epi8(6);
+            let lo = _mm256_srlv_epi64(_mm256_slli_epi64::<1>(v), _mm256_set_epi64x(2, 0, 2, 0));
+            let hi = _mm256_srlv_epi64(v, _mm256_set_epi64x(5, 3, 5, 3));
+            (_mm256_and_si256(lo, six), _mm256_and_si256(hi, six))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn gscales(row: *const u8, cols: usize, g0: usize, m: usize) -> __m256 {
+        let (_, s0, end) = q2_row_layout(cols);
+        // SAFETY: reads the 4 sub-scale bytes of blocks g0 .. g0 + 8; for a
+        // shorter group, the 4 bytes ending at the row's end when the row has
+        // them (shifted down to start at block g0), else a copy.
+        unsafe {
+            let at = s0 + g0 / 2;
+            let bits = if at + 4 <= end {
+                (row.add(at) as *const u32).read_unaligned()
+            } else if end >= 4 {
+                (row.add(end - 4) as *const u32).read_unaligned() >> (8 * (at + 4 - end))
+            } else {
+                let mut b = [0u8; 4];
+                std::ptr::copy_nonoverlapping(row.add(at), b.as_mut_ptr(), end - at);
+                u32::from_le_bytes(b)
+            };
+            let v = _mm256_srlv_epi32(
+                _mm256_set1_epi32(bits as i32),
+                _mm256_setr_epi32(0, 8, 16, 24, 4, 12, 20, 28),
+            );
+            let s = _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
+            if m == 8 {
+                s
+            } else {
+                _mm256_and_ps(s, group_mask(m))
+            }
+        }
+    }
+}
+
+impl Grouped for Q4F {
+    #[inline(always)]
+    unsafe fn pair(row: *const u8, cols: usize, b: usize, pair: bool) -> (__m256i, __m256i) {
+        // SAFETY: reads the 16 code bytes of block b (32 of b, b + 1 when `pair`).
+        unsafe {
+            let p = row.add(scales_bytes(cols / QK) + 16 * b);
+            let v = if pair {
+                _mm256_loadu_si256(p as *const __m256i)
+            } else {
+                _mm256_zextsi128_si256(_mm_loadu_si128(p as *const __m128i))
+            };
+            // Low nibbles are elements 0..16, high nibbles 16..32.
+            let m = _mm256_set1_epi8(0x0f);
+            (
+                _mm256_and_si256(v, m),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
+            )
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn gscales(row: *const u8, _cols: usize, g0: usize, m: usize) -> __m256 {
+        // SAFETY: reads 16 bytes from the scale of block g0: inside the row,
+        // whose nb * 2 scale bytes are followed by nb * 16 code bytes. Lanes
+        // past m (codes read as f16, possibly inf or NaN) are masked to zero.
+        unsafe {
+            let h = _mm_loadu_si128(row.add(2 * g0) as *const __m128i);
+            let s = _mm256_permutevar8x32_ps(
+                _mm256_cvtph_ps(h),
+                _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7),
+            );
+            if m == 8 {
+                s
+            } else {
+                _mm256_and_ps(s, group_mask(m))
+            }
+        }
+    }
+}
+
+/// One group of `m` blocks from `g0` (a multiple of 8) of `R` rows times `C`
+/// panel columns from `j0`, added to `acc`. Called with `m = 8` as a literal
+/// for full groups so the block conditions fold away; `x` loads are left
+/// inside the loops so they become memory operands and the pair sums fit the
+/// 16 registers (acc, two half-group sums, the unpacked pair).
+#[inline(always)]
+unsafe fn group<F: Grouped, const R: usize, const C: usize>(
+    w: *const u8,
+    cols: usize,
+    p: &ActPanel,
+    j0: usize,
+    g0: usize,
+    m: usize,
+    acc: &mut [[__m256; C]; R],
+) {
+    let rb = F::row_bytes(cols);
+    let gi = g0 / 8;
+    // SAFETY: as in `gtile`.
+    unsafe {
+        let row = |r: usize| w.add(r * rb);
+        let ones = _mm256_set1_epi16(1);
+        let zero = _mm256_setzero_si256();
+        let mut t = [[zero; C]; R];
+        let mut u = [[zero; C]; R];
+        for k in 0..4 {
+            let b = g0 + 2 * k;
+            if 2 * k >= m {
+                break;
+            }
+            let pair = 2 * k + 1 < m;
+            for r in 0..R {
+                let (lo, hi) = F::pair(row(r), cols, b, pair);
+                for c in 0..C {
+                    let xp = p.xs(j0 + c).add(b * QK) as *const __m256i;
+                    let s = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xp)),
+                        _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xp.add(1))),
+                    );
+                    let v = _mm256_madd_epi16(s, ones);
+                    match k {
+                        0 => t[r][c] = v,
+                        1 => t[r][c] = _mm256_hadd_epi32(t[r][c], v),
+                        2 => u[r][c] = v,
+                        _ => u[r][c] = _mm256_hadd_epi32(u[r][c], v),
+                    }
+                }
+            }
+        }
+        // Groups of fewer than 3 pairs: fold the missing pairs' zeros.
+        if m <= 2 {
+            for r in 0..R {
+                for c in 0..C {
+                    t[r][c] = _mm256_hadd_epi32(t[r][c], zero);
+                }
+            }
+        }
+        if m <= 6 {
+            for r in 0..R {
+                for c in 0..C {
+                    u[r][c] = _mm256_hadd_epi32(u[r][c], zero);
+                }
+            }
+        }
+        let mut ws = [_mm256_setzero_ps(); R];
+        for r in 0..R {
+            ws[r] = F::gscales(row(r), cols, g0, m);
+        }
+        for c in 0..C {
+            let seed = _mm256_loadu_si256(p.gseed(j0 + c).add(gi * 8) as *const __m256i);
+            let dx = _mm256_loadu_ps(p.gdx(j0 + c).add(gi * 8));
+            for r in 0..R {
+                let s = _mm256_add_epi32(_mm256_hadd_epi32(t[r][c], u[r][c]), seed);
+                acc[r][c] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(ws[r], dx), acc[r][c]);
+            }
+        }
+    }
+}
+
+/// `R` rows times `C` panel columns from `j0` in groups of 8 blocks (see the
+/// module docs), one f32 accumulator per (row, column).
+#[inline(always)]
+unsafe fn gtile<F: Grouped, const R: usize, const C: usize>(
     w: *const u8,
     cols: usize,
     p: &ActPanel,
@@ -253,6 +418,113 @@ unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
     out: &OutTile<'_>,
     r0: usize,
 ) {
+    let nb = cols / QK;
+    let rb = F::row_bytes(cols);
+    // SAFETY: whole rows (caller); panel reads stay inside its padded columns
+    // (the pair loads read the pad block when nb is odd); the caller owns rows
+    // r0 .. r0 + R of `out`.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let full = nb / 8;
+        for gi in 0..full {
+            group::<F, R, C>(w, cols, p, j0, 8 * gi, 8, &mut acc);
+        }
+        if !nb.is_multiple_of(8) {
+            group::<F, R, C>(w, cols, p, j0, 8 * full, nb % 8, &mut acc);
+        }
+        for r in 0..R {
+            let d = F::row_scale(w.add(r * rb));
+            for c in 0..C {
+                out.put(j0 + c, r0 + r, d * hsum(acc[r][c]));
+            }
+        }
+    }
+}
+
+/// Rows per single-vector tile of the grouped kernel (best of 2, 3, 4 on Zen 3).
+const GEMV_ROWS: usize = 3;
+/// Columns per batch tile of the grouped kernel: 4 accumulators, 8 half-group
+/// sums and the unpacked pair fill the 16 registers.
+const GEMM_COLS: usize = 4;
+
+/// [`gemm`] for the grouped formats: `GEMV_ROWS` rows x 1 column for a single
+/// vector (prefetching ahead), 1 row x `GEMM_COLS` columns for batches.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn ggemm<F: Grouped>(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
+    let rb = F::row_bytes(cols);
+    let rows = w.len() / rb;
+    let n = p.n();
+    let base = w.as_ptr();
+    // SAFETY: every tile gets whole rows inside `w` and columns inside the panel;
+    // the caller owns rows r0 .. r0 + rows of `out`.
+    unsafe {
+        if n == 1 {
+            let end = base.add(rows * rb);
+            let ahead = PREFETCH_ROWS * rb;
+            let mut r = 0;
+            while r + GEMV_ROWS <= rows {
+                let next = base.add((r + GEMV_ROWS) * rb + ahead);
+                let mut q = base.add(r * rb + ahead);
+                while q < next && q < end {
+                    _mm_prefetch::<_MM_HINT_T0>(q as *const i8);
+                    q = q.add(64);
+                }
+                gtile::<F, GEMV_ROWS, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
+                r += GEMV_ROWS;
+            }
+            while r < rows {
+                gtile::<F, 1, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
+                r += 1;
+            }
+            return;
+        }
+        // Column groups outermost: a group's activations stay in L1 while every
+        // row of this call passes over them.
+        let mut j = 0;
+        while j + GEMM_COLS <= n {
+            for r in 0..rows {
+                gtile::<F, 1, GEMM_COLS>(base.add(r * rb), cols, p, j, out, r0 + r);
+            }
+            j += GEMM_COLS;
+        }
+        let rest = n - j;
+        for r in 0..rows {
+            let wr = base.add(r * rb);
+            match rest {
+                3 => gtile::<F, 1, 3>(wr, cols, p, j, out, r0 + r),
+                2 => gtile::<F, 1, 2>(wr, cols, p, j, out, r0 + r),
+                1 => gtile::<F, 1, 1>(wr, cols, p, j, out, r0 + r),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Q8F {
+    /// 8 int32 partial sums of block `b`'s values times the 32 int8 values `x`.
+    #[inline(always)]
+    unsafe fn dot(row: *const u8, cols: usize, b: usize, x: __m256i) -> __m256i {
+        // SAFETY: the 32 value bytes of block b are inside the row.
+        unsafe {
+            let q = _mm256_loadu_si256(row.add(scales_bytes(cols / QK) + 32 * b) as *const __m256i);
+            // |w| (unsigned) times x with w's sign: exact, |w| <= 127.
+            let s = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+            _mm256_madd_epi16(s, _mm256_set1_epi16(1))
+        }
+    }
+}
+
+/// `R` Q8 rows times `C` panel columns from `j0`, one f32 accumulator each.
+#[inline(always)]
+unsafe fn tile<const R: usize, const C: usize>(
+    w: *const u8,
+    cols: usize,
+    p: &ActPanel,
+    j0: usize,
+    out: &OutTile<'_>,
+    r0: usize,
+) {
+    type F = Q8F;
     let nb = cols / QK;
     let rb = F::row_bytes(cols);
     // SAFETY: whole rows (caller), panel reads inside its padded columns, the
@@ -293,8 +565,11 @@ unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
 /// Rows a single-vector kernel prefetches ahead of the row it computes.
 const PREFETCH_ROWS: usize = 32;
 
+/// Q8 rows times every panel column: 4 rows x 1 column for a single vector,
+/// 1 row x 4 columns for batches.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemm<F: Fmt>(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
+unsafe fn gemm_q8(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
+    type F = Q8F;
     let rb = F::row_bytes(cols);
     let rows = w.len() / rb;
     let n = p.n();
@@ -314,11 +589,11 @@ unsafe fn gemm<F: Fmt>(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r
                     _mm_prefetch::<_MM_HINT_T0>(q as *const i8);
                     q = q.add(64);
                 }
-                tile::<F, 4, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
+                tile::<4, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
                 r += 4;
             }
             while r < rows {
-                tile::<F, 1, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
+                tile::<1, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
                 r += 1;
             }
             return;
@@ -328,13 +603,13 @@ unsafe fn gemm<F: Fmt>(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r
         let mut j = 0;
         while j + 4 <= n {
             for r in 0..rows {
-                tile::<F, 1, 4>(base.add(r * rb), cols, p, j, out, r0 + r);
+                tile::<1, 4>(base.add(r * rb), cols, p, j, out, r0 + r);
             }
             j += 4;
         }
         while j < n {
             for r in 0..rows {
-                tile::<F, 1, 1>(base.add(r * rb), cols, p, j, out, r0 + r);
+                tile::<1, 1>(base.add(r * rb), cols, p, j, out, r0 + r);
             }
             j += 1;
         }
@@ -346,7 +621,7 @@ unsafe fn gemm<F: Fmt>(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r
 unsafe fn q2_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
     check();
     // SAFETY: features checked; contract forwarded.
-    unsafe { gemm::<Q2F>(w, cols, p, out, r0) }
+    unsafe { ggemm::<Q2F>(w, cols, p, out, r0) }
 }
 
 /// # Safety
@@ -354,7 +629,7 @@ unsafe fn q2_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: us
 unsafe fn q4_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
     check();
     // SAFETY: features checked; contract forwarded.
-    unsafe { gemm::<Q4F>(w, cols, p, out, r0) }
+    unsafe { ggemm::<Q4F>(w, cols, p, out, r0) }
 }
 
 /// # Safety
@@ -362,7 +637,7 @@ unsafe fn q4_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: us
 unsafe fn q8_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
     check();
     // SAFETY: features checked; contract forwarded.
-    unsafe { gemm::<Q8F>(w, cols, p, out, r0) }
+    unsafe { gemm_q8(w, cols, p, out, r0) }
 }
 
 /// Q2 rows against int8 activations.

@@ -275,6 +275,11 @@ impl PairOrder {
     }
 }
 
+/// Block order within a group of 8 blocks in `ActPanel::gseed`/`gdx`: the
+/// order in which two rounds of `vphaddd` leave the per-block sums of four
+/// pair vectors (see `avx2.rs`).
+pub(crate) const GROUP_ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
 /// int8 activations of a batch (`n` columns of `nb` blocks), laid out once per
 /// call for the kernels: the blocks, and for SIMD families contiguous int8
 /// values per column (each pair of blocks in the order its kernel unpacks codes), per-block scales
@@ -290,6 +295,11 @@ pub struct ActPanel {
     pub(crate) xs: Vec<i8>,
     pub(crate) dx: Vec<f32>,
     pub(crate) seed: Vec<i32>,
+    /// Per column, per group of 8 blocks, `corr * sum` of the blocks in
+    /// [`GROUP_ORDER`] (zeros past the last block), `n * ng * 8` (SIMD layouts only).
+    pub(crate) gseed: Vec<i32>,
+    /// The scales (`d * dx_mul`) in the same layout as `gseed`.
+    pub(crate) gdx: Vec<f32>,
 }
 
 impl ActPanel {
@@ -302,6 +312,8 @@ impl ActPanel {
             xs: Vec::new(),
             dx: Vec::new(),
             seed: Vec::new(),
+            gseed: Vec::new(),
+            gdx: Vec::new(),
         };
         if let PanelKind::Simd {
             corr,
@@ -312,6 +324,22 @@ impl ActPanel {
             p.xs = vec![0; n * (nb + 1) * QK];
             p.dx = vec![0.0; n * (nb + 16)];
             p.seed = vec![0; n * (nb + 1) * 8];
+            let ng = nb.div_ceil(8);
+            p.gseed = vec![0; n * ng * 8];
+            p.gdx = vec![0.0; n * ng * 8];
+            for j in 0..n {
+                for g in 0..ng {
+                    for (lane, &o) in GROUP_ORDER.iter().enumerate() {
+                        let b = 8 * g + o;
+                        if b < nb {
+                            let a = &p.blocks[j * nb + b];
+                            let i = (j * ng + g) * 8 + lane;
+                            p.gseed[i] = corr * a.sum;
+                            p.gdx[i] = a.d * dx_mul;
+                        }
+                    }
+                }
+            }
             let blk = |j: usize, b: usize| (b < nb).then(|| &p.blocks[j * nb + b]);
             for j in 0..n {
                 let base = j * (nb + 1);
@@ -363,6 +391,20 @@ impl ActPanel {
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn dx(&self, j: usize) -> &[f32] {
         &self.dx[j * (self.nb + 16)..(j + 1) * (self.nb + 16)]
+    }
+
+    /// Grouped seeds of column `j` (`ng * 8`, see `gseed`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn gseed(&self, j: usize) -> *const i32 {
+        let ng = self.nb.div_ceil(8);
+        self.gseed[j * ng * 8..].as_ptr()
+    }
+
+    /// Grouped scales of column `j` (`ng * 8`, see `gdx`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn gdx(&self, j: usize) -> *const f32 {
+        let ng = self.nb.div_ceil(8);
+        self.gdx[j * ng * 8..].as_ptr()
     }
 
     /// Padded seeds of column `j` (`(nb + 1) * 8`).
