@@ -191,11 +191,7 @@ impl LayerCache {
             }
         }
         let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
+        let sum = twain_quant::attn::exp_sub_sum(scores, max);
         let inv = 1.0 / sum;
         out.fill(0.0);
         if let Rows::Int8 { q: vq, scale } = &self.v {

@@ -33,14 +33,25 @@ fn llama3_scale(freq: f64, s: RopeScaling) -> f64 {
     }
 }
 
+/// `(sin, cos)` of every frequency at position `pos`, appended to `out`.
+pub(crate) fn angles(pos: usize, inv_freq: &[f32], out: &mut Vec<(f32, f32)>) {
+    out.extend(inv_freq.iter().map(|&f| (pos as f32 * f).sin_cos()));
+}
+
 /// Rotate one head vector in place for position `pos`.
-#[inline]
+#[cfg(test)]
 pub(crate) fn apply(x: &mut [f32], pos: usize, inv_freq: &[f32], layout: RopeLayout) {
-    let half = inv_freq.len();
+    let mut t = Vec::new();
+    angles(pos, inv_freq, &mut t);
+    apply_angles(x, &t, layout);
+}
+
+/// Rotate one head vector in place by the [`angles`] of its position.
+#[inline]
+pub(crate) fn apply_angles(x: &mut [f32], angles: &[(f32, f32)], layout: RopeLayout) {
+    let half = angles.len();
     debug_assert_eq!(x.len(), 2 * half);
-    for (i, &f) in inv_freq.iter().enumerate() {
-        let angle = pos as f32 * f;
-        let (sin, cos) = angle.sin_cos();
+    for (i, &(sin, cos)) in angles.iter().enumerate() {
         let (a, b) = match layout {
             RopeLayout::Interleaved => (2 * i, 2 * i + 1),
             RopeLayout::HalfSplit => (i, i + half),

@@ -19,13 +19,20 @@ pub enum Parallelism {
 /// fork/join costs a few microseconds, about what a 576x576 2-bit matvec takes.
 pub const PAR_MIN_WORK: usize = 1 << 18;
 
-/// The same threshold for a single vector (`matvec`, decode); read from
-/// `TWAIN_PAR_MIN_MATVEC` once when set (for tuning), else 2^20.
+/// The same threshold for a single vector (`matvec`, decode): about 8 us of
+/// work for the kernel family in use, since waking the pool costs a few
+/// microseconds: 2^20 multiply-adds with AVX-512 VNNI, 2^18 with AVX2 (on Zen 3,
+/// 2-thread SmolLM2 decode 128 -> 148 tok/s against 2^20), 2^16 scalar. Read
+/// from `TWAIN_PAR_MIN_MATVEC` once when set (for tuning).
 pub static PAR_MIN_WORK_MATVEC: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
     std::env::var("TWAIN_PAR_MIN_MATVEC")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1 << 20)
+        .unwrap_or(match kernels::best().backend {
+            kernels::Backend::Avx512Vnni => 1 << 20,
+            kernels::Backend::Avx2 => 1 << 18,
+            kernels::Backend::Scalar => 1 << 16,
+        })
 });
 
 /// Rows per tile of a batched call: a tile's weights stay in L1/L2 while every

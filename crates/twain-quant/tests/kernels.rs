@@ -405,3 +405,24 @@ mod simd_dequantize {
         }
     }
 }
+
+mod softmax_exp {
+    use proptest::prelude::*;
+    use twain_quant::attn;
+
+    proptest! {
+        /// The vectorised exponentials agree with `f32::exp` (relative 4e-7,
+        /// absolute 1e-37 near the underflow) and so do their sums.
+        #[test]
+        fn exp_sub_sum_matches_scalar(x in prop::collection::vec(-120.0f32..10.0, 0..70), max in 0.0f32..10.0) {
+            let mut a = x.clone();
+            let mut b = x.clone();
+            let sa = attn::exp_sub_sum(&mut a, max);
+            let sb = attn::scalar_exp_sub_sum(&mut b, max);
+            for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+                prop_assert!((u - v).abs() <= 4e-7 * v + 1e-37, "x[{i}] = {}: {u} vs {v}", x[i]);
+            }
+            prop_assert!((sa - sb).abs() <= 1e-6 * sb + 1e-37, "{sa} vs {sb}");
+        }
+    }
+}

@@ -300,6 +300,8 @@ pub struct ActPanel {
     pub(crate) gseed: Vec<i32>,
     /// The scales (`d * dx_mul`) in the same layout as `gseed`.
     pub(crate) gdx: Vec<f32>,
+    /// `corr * sum` per (column, block), `n * nb` (SIMD layouts only).
+    pub(crate) bseed: Vec<i32>,
 }
 
 impl ActPanel {
@@ -314,6 +316,7 @@ impl ActPanel {
             seed: Vec::new(),
             gseed: Vec::new(),
             gdx: Vec::new(),
+            bseed: Vec::new(),
         };
         if let PanelKind::Simd {
             corr,
@@ -324,6 +327,7 @@ impl ActPanel {
             p.xs = vec![0; n * (nb + 1) * QK];
             p.dx = vec![0.0; n * (nb + 16)];
             p.seed = vec![0; n * (nb + 1) * 8];
+            p.bseed = p.blocks.iter().map(|a| corr * a.sum).collect();
             let ng = nb.div_ceil(8);
             p.gseed = vec![0; n * ng * 8];
             p.gdx = vec![0.0; n * ng * 8];
@@ -391,6 +395,12 @@ impl ActPanel {
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn dx(&self, j: usize) -> &[f32] {
         &self.dx[j * (self.nb + 16)..(j + 1) * (self.nb + 16)]
+    }
+
+    /// `corr * sum` of each block of column `j` (`nb`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn bseed(&self, j: usize) -> &[i32] {
+        &self.bseed[j * self.nb..(j + 1) * self.nb]
     }
 
     /// Grouped seeds of column `j` (`ng * 8`, see `gseed`).
