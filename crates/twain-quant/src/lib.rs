@@ -44,6 +44,7 @@ pub mod int8;
 pub mod kernels;
 mod matmul;
 mod matrix;
+mod pool;
 mod quantize;
 pub mod traits;
 

@@ -19,19 +19,20 @@ pub enum Parallelism {
 /// fork/join costs a few microseconds, about what a 576x576 2-bit matvec takes.
 pub const PAR_MIN_WORK: usize = 1 << 18;
 
-/// The same threshold for a single vector (`matvec`, decode): about 8 us of
-/// work for the kernel family in use, since waking the pool costs a few
-/// microseconds: 2^20 multiply-adds with AVX-512 VNNI, 2^18 with AVX2 (on Zen 3,
-/// 2-thread SmolLM2 decode 128 -> 148 tok/s against 2^20), 2^16 scalar. Read
-/// from `TWAIN_PAR_MIN_MATVEC` once when set (for tuning).
+/// The same threshold for a single vector (`matvec`, decode), which is split
+/// over the spinning pool (`pool.rs`, about a microsecond to start): about
+/// 2 us of work for the kernel family in use, 2^16 multiply-adds with AVX2
+/// (on Zen 3, 2-thread SmolLM2 decode 103 tok/s unsplit, 134 at 2^18, 145 at
+/// 2^16), 2^18 with AVX-512 VNNI (scaled by kernel speed, not measured on
+/// the pool), 2^14 scalar. Read from `TWAIN_PAR_MIN_MATVEC` once when set.
 pub static PAR_MIN_WORK_MATVEC: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
     std::env::var("TWAIN_PAR_MIN_MATVEC")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(match kernels::best().backend {
-            kernels::Backend::Avx512Vnni => 1 << 20,
-            kernels::Backend::Avx2 => 1 << 18,
-            kernels::Backend::Scalar => 1 << 16,
+            kernels::Backend::Avx512Vnni => 1 << 18,
+            kernels::Backend::Avx2 => 1 << 16,
+            kernels::Backend::Scalar => 1 << 14,
         })
 });
 
@@ -228,15 +229,28 @@ fn run(
     };
     if par == Parallelism::Sequential || work < min_work || threads <= 1 || rows < 2 * 8 {
         chunk(0, rows);
-    } else {
-        // Whole row tiles of 8.
+        return Ok(());
+    }
+    if n == 1 {
+        // One vector: one chunk of whole row tiles per thread on the spinning
+        // pool; rayon below when another caller holds it.
         let units = rows.div_ceil(8);
-        let per = units.div_ceil(units.min(threads * per_thread)) * 8;
-        (0..rows.div_ceil(per)).into_par_iter().for_each(|c| {
+        let per = units.div_ceil(units.min(threads)) * 8;
+        let run = |c: usize| {
             let r0 = c * per;
             chunk(r0, (r0 + per).min(rows));
-        });
+        };
+        if crate::pool::run(threads, rows.div_ceil(per), &run) {
+            return Ok(());
+        }
     }
+    // Whole row tiles of 8.
+    let units = rows.div_ceil(8);
+    let per = units.div_ceil(units.min(threads * per_thread)) * 8;
+    (0..rows.div_ceil(per)).into_par_iter().for_each(|c| {
+        let r0 = c * per;
+        chunk(r0, (r0 + per).min(rows));
+    });
     Ok(())
 }
 
