@@ -154,7 +154,7 @@ fn chat_answers_two_turns_from_stdin() {
             "--max-tokens",
             "12",
         ],
-        "What is the capital of France?\nAnd of Italy?\n",
+        "What is the capital of France? Answer in one sentence.\nAnd of Italy?\n",
     );
     assert!(ok, "stderr: {err}");
     let answers: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -26,7 +26,7 @@ fn multi_turn_chat_reuses_the_cache_and_answers() {
     let mut s = engine.session();
     let (a1, why) = s
         .respond(
-            "What is the capital of France?",
+            "What is the capital of France? Answer in one sentence.",
             GenerateOptions {
                 max_tokens: 24,
                 ..Default::default()

@@ -785,9 +785,6 @@ unsafe fn tile<const R: usize, const C: usize>(
 /// Rows a single-vector kernel prefetches ahead of the row it computes.
 const PREFETCH_ROWS: usize = 32;
 
-/// Whether `q8_gemm` runs the AVX2 Q8 kernel (see there).
-const Q8_SIMD: bool = false;
-
 /// Q8 rows times every panel column: 4 rows x 1 column for a single vector,
 /// 1 row x 4 columns for batches.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -859,15 +856,6 @@ unsafe fn q4_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: us
 /// See [`super::GemmFn`].
 unsafe fn q8_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
     check();
-    // The AVX2 Q8 kernel (`gemm_q8`) agrees with the scalar one on every
-    // kernel test, random and real SmolLM2 q8 matrices included, yet the q8
-    // preset answers wrongly through it on a Zen 3 machine and rightly through
-    // the scalar kernel. Until that is understood, Q8 runs the scalar kernel
-    // here (the q8 preset is not the default; q4 and afm are unaffected).
-    if !Q8_SIMD {
-        // SAFETY: contract forwarded.
-        return unsafe { scalar::q8_gemm(w, cols, p, out, r0) };
-    }
     // SAFETY: features checked; contract forwarded.
     unsafe { gemm_q8(w, cols, p, out, r0) }
 }
