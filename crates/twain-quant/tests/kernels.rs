@@ -292,6 +292,82 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// `matmul_many` over matrices of mixed formats and heights gives exactly
+    /// what `matmul` gives for each, with every family, 1 or many columns.
+    #[test]
+    fn matmul_many_matches_matmul_per_matrix(
+        rows in prop::collection::vec(1usize..50, 1..4),
+        fmts in prop::collection::vec(0usize..5, 4),
+        nb in 1usize..8,
+        n in 1usize..20,
+        seed in prop::collection::vec(-1.0f32..1.0, 1024),
+    ) {
+        let cols = nb * QK;
+        let x: Vec<f32> = (0..n * cols).map(|i| seed[(i * 7 + 3) % 1024] * 2.0).collect();
+        let qs: Vec<_> = rows
+            .iter()
+            .enumerate()
+            .map(|(m, &r)| {
+                let w: Vec<f32> = (0..r * cols).map(|i| seed[(i * 13 + m) % 1024]).collect();
+                twain_quant::quantize(QuantFormat::ALL[fmts[m]], r, cols, &w, &Default::default()).unwrap()
+            })
+            .collect();
+        let refs: Vec<_> = qs.iter().map(|q| q.as_ref()).collect();
+        for k in others() {
+            for par in [Parallelism::Sequential, Parallelism::Rayon] {
+                let mut got: Vec<Vec<f32>> = rows.iter().map(|r| vec![f32::NAN; r * n]).collect();
+                let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|v| v.as_mut_slice()).collect();
+                twain_quant::matmul_many_with(k, &refs, &x, &mut outs, par).unwrap();
+                for (m, q) in refs.iter().enumerate() {
+                    let mut want = vec![f32::NAN; rows[m] * n];
+                    twain_quant::matmul_with(k, q, &x, &mut want, par).unwrap();
+                    prop_assert_eq!(&got[m], &want, "{:?} matrix {} ({})", k.backend, m, q.format());
+                }
+            }
+        }
+    }
+}
+
+/// `matmul_many` refuses mismatched inputs with an error, not a panic.
+#[test]
+fn matmul_many_rejects_bad_shapes() {
+    let w =
+        twain_quant::quantize(QuantFormat::Q4, 4, 64, &[0.5; 256], &Default::default()).unwrap();
+    let v =
+        twain_quant::quantize(QuantFormat::Q4, 4, 32, &[0.5; 128], &Default::default()).unwrap();
+    let x = vec![1.0f32; 128];
+    let mut a = vec![0.0f32; 8];
+    let mut b = vec![0.0f32; 8];
+    let err = |r: Result<(), twain_quant::QuantError>| r.unwrap_err().to_string();
+    let many = twain_quant::matmul_many;
+    let e = err(many(
+        &[w.as_ref()],
+        &x,
+        &mut [&mut a, &mut b],
+        Parallelism::Rayon,
+    ));
+    assert!(e.contains("1 matrices but 2 outputs"), "{e}");
+    let e = err(many(
+        &[w.as_ref(), v.as_ref()],
+        &x,
+        &mut [&mut a, &mut b],
+        Parallelism::Rayon,
+    ));
+    assert!(e.contains("share one input"), "{e}");
+    let mut short = vec![0.0f32; 7];
+    let e = err(many(
+        &[w.as_ref()],
+        &x,
+        &mut [&mut short],
+        Parallelism::Rayon,
+    ));
+    assert!(e.contains("expected 2 x 4"), "{e}");
+    many(&[], &x, &mut [], Parallelism::Rayon).unwrap();
+}
+
 #[test]
 fn scalar_is_always_available() {
     println!(
@@ -423,6 +499,21 @@ mod softmax_exp {
                 prop_assert!((u - v).abs() <= 4e-7 * v + 1e-37, "x[{i}] = {}: {u} vs {v}", x[i]);
             }
             prop_assert!((sa - sb).abs() <= 1e-6 * sb + 1e-37, "{sa} vs {sb}");
+        }
+
+        /// The vectorised SwiGLU gate agrees with the scalar one (relative
+        /// 1e-6 plus 1e-30), from deep negatives (silu -> -0) to large positives.
+        #[test]
+        fn swiglu_matches_scalar(g in prop::collection::vec(-200.0f32..200.0, 0..70), u in prop::collection::vec(-4.0f32..4.0, 70)) {
+            let u = &u[..g.len()];
+            let mut a = g.clone();
+            let mut b = g.clone();
+            attn::swiglu(&mut a, u);
+            attn::scalar_swiglu(&mut b, u);
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                prop_assert!(x.is_finite(), "g[{i}] = {}: {x}", g[i]);
+                prop_assert!((x - y).abs() <= 1e-6 * y.abs() + 1e-30, "g[{i}] = {}: {x} vs {y}", g[i]);
+            }
         }
     }
 }

@@ -91,7 +91,7 @@ fn hsum(v: __m256) -> f32 {
 }
 
 /// A quantized row format as the AVX2 kernels see it (one block per step).
-trait Fmt {
+pub(super) trait Fmt {
     fn row_bytes(cols: usize) -> usize;
     /// Factor applied to the row's sum (Q2: the row scale `d`).
     unsafe fn row_scale(row: *const u8) -> f32;
@@ -122,8 +122,8 @@ unsafe fn bytes_to_f32<const SIGNED: bool>(v: __m256i) -> [__m256; 4] {
     ]
 }
 
-struct Q2F;
-struct Q4F;
+pub(super) struct Q2F;
+pub(super) struct Q4F;
 struct Q8F;
 
 impl Fmt for Q2F {
@@ -219,7 +219,7 @@ impl Fmt for Q8F {
 }
 
 /// A format that runs in groups of 8 blocks (Q2, Q4).
-trait Grouped: Fmt {
+pub(super) trait Grouped: Fmt {
     /// Unsigned codes of blocks `b` and `b + 1` in [`PairOrder::Half`]:
     /// (elements 0..16 of b, of b + 1), (elements 16..32 of b, of b + 1);
     /// block b + 1's halves are zero when `pair` is false.
@@ -504,7 +504,7 @@ struct Packed {
 
 /// Transpose 8 vectors of 8 dwords in place.
 #[inline(always)]
-unsafe fn transpose8(v: &mut [__m256i; 8]) {
+pub(super) unsafe fn transpose8(v: &mut [__m256i; 8]) {
     // SAFETY: register shuffles only.
     unsafe {
         let t: [__m256i; 8] = std::array::from_fn(|i| {

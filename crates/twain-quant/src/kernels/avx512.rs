@@ -11,7 +11,7 @@
 // Register tiles are indexed by (row, column) in several arrays at once.
 #![allow(clippy::needless_range_loop)]
 use super::scalar::q2_row_layout;
-use super::{gemv_via, ActPanel, Backend, Kernels, OutTile, PairOrder, PanelKind};
+use super::{avx2, gemv_via, ActPanel, Backend, Kernels, OutTile, PairOrder, PanelKind};
 use crate::blocks::{f16_to_f32, scales_bytes, Q8ActBlock, Q2_ROW_HEADER, QK};
 use crate::QuantFormat;
 use std::arch::x86_64::*;
@@ -397,12 +397,180 @@ unsafe fn gemm<F: Fmt>(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r
     }
 }
 
+/// Rows of a packed tile: one per int32 lane.
+const PACK_ROWS: usize = 16;
+/// Columns per packed register tile: that many independent `vpdpbusd`
+/// chains hide its latency.
+const PACK_COLS: usize = 8;
+/// Batches of at least this many columns run the packed kernel.
+const PACK_MIN_N: usize = 8;
+
+/// Up to 16 rows repacked so that a 32-bit lane is a row: per block, 8
+/// vectors (vector `k` holds codes `4k .. 4k + 4` of every row) and the 16
+/// rows' block scales. The AVX2 family's unpacking gives the codes (doubled
+/// for Q2, as this family's panel expects).
+struct Packed {
+    codes: Vec<__m512i>,
+    scales: Vec<__m512>,
+}
+
+impl Packed {
+    /// Pack rows `0 .. m` at `w` (`m <= 16`); lanes `m..` hold zeros.
+    #[inline(always)]
+    unsafe fn fill<F: avx2::Grouped>(&mut self, w: *const u8, cols: usize, m: usize) {
+        let nb = cols / QK;
+        let rb = <F as avx2::Fmt>::row_bytes(cols);
+        self.codes.clear();
+        self.codes.resize(nb * 8, _mm512_setzero_si512());
+        self.scales.clear();
+        self.scales.resize(nb, _mm512_setzero_ps());
+        // SAFETY: rows 0..m are whole rows inside the matrix (caller).
+        unsafe {
+            for b in 0..nb {
+                let mut lo = [_mm256_setzero_si256(); 8];
+                let mut hi = [_mm256_setzero_si256(); 8];
+                let mut sc = [0.0f32; 16];
+                for r in 0..m {
+                    let row = w.add(r * rb);
+                    let v = F::block(row, cols, b);
+                    if r < 8 {
+                        lo[r] = v;
+                    } else {
+                        hi[r - 8] = v;
+                    }
+                    sc[r] = F::block_scale(row, cols, b);
+                }
+                avx2::transpose8(&mut lo);
+                if m > 8 {
+                    avx2::transpose8(&mut hi);
+                }
+                for k in 0..8 {
+                    self.codes[b * 8 + k] =
+                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo[k]), hi[k]);
+                }
+                self.scales[b] = _mm512_loadu_ps(sc.as_ptr());
+            }
+        }
+    }
+}
+
+/// Offset, in a panel column, of element `e` of block `b` in `order`
+/// (`e` a multiple of 4: a chunk never splits a dword).
+#[inline(always)]
+const fn pair_offset(order: PairOrder, b: usize, e: usize) -> usize {
+    let ch = order.chunk();
+    (b & !1) * QK + (2 * (e / ch) + b % 2) * ch + e % ch
+}
+
+/// The packed rows times `C` panel columns from `j0`, written to rows
+/// `r0 .. r0 + m` of `out`: per block, each column's activations are
+/// broadcast 4 at a time against the 16 rows' codes (8 `vpdpbusd` into an
+/// accumulator seeded with the block's offset term), then converted and
+/// scaled into one float accumulator per column.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_tile<const C: usize>(
+    pk: &Packed,
+    nb: usize,
+    p: &ActPanel,
+    offs: &[[usize; 8]; 2],
+    j0: usize,
+    out: &OutTile<'_>,
+    r0: usize,
+    m: usize,
+) {
+    // SAFETY: panel reads stay inside its padded columns; the caller owns rows
+    // r0 .. r0 + m of `out`.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); C];
+        for b in 0..nb {
+            let mut s: [__m512i; C] =
+                std::array::from_fn(|c| _mm512_set1_epi32(*p.bseed(j0 + c).get_unchecked(b)));
+            for k in 0..8 {
+                let wv = _mm512_load_si512(pk.codes.as_ptr().add(b * 8 + k) as *const _);
+                let o = (b & !1) * QK + offs[b % 2][k];
+                for c in 0..C {
+                    let x = (p.xs(j0 + c).add(o) as *const i32).read_unaligned();
+                    s[c] = _mm512_dpbusd_epi32(s[c], wv, _mm512_set1_epi32(x));
+                }
+            }
+            let ws = *pk.scales.get_unchecked(b);
+            for c in 0..C {
+                let k = _mm512_mul_ps(ws, _mm512_set1_ps(*p.dx(j0 + c).get_unchecked(b)));
+                acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[c]), k, acc[c]);
+            }
+        }
+        for c in 0..C {
+            let mut v = [0.0f32; 16];
+            _mm512_storeu_ps(v.as_mut_ptr(), acc[c]);
+            for (r, v) in v.iter().enumerate().take(m) {
+                out.put(j0 + c, r0 + r, *v);
+            }
+        }
+    }
+}
+
+/// Every row of `w` times every panel column through [`Packed`] tiles of 16
+/// rows and register tiles of 16 rows x `PACK_COLS` columns.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+unsafe fn gemm_packed<F: avx2::Grouped>(
+    w: &[u8],
+    cols: usize,
+    p: &ActPanel,
+    order: PairOrder,
+    out: &OutTile<'_>,
+    r0: usize,
+) {
+    let rb = <F as avx2::Fmt>::row_bytes(cols);
+    let rows = w.len() / rb;
+    let nb = cols / QK;
+    let n = p.n();
+    let mut pk = Packed {
+        codes: Vec::new(),
+        scales: Vec::new(),
+    };
+    let offs: [[usize; 8]; 2] =
+        std::array::from_fn(|b| std::array::from_fn(|k| pair_offset(order, b, 4 * k)));
+    // SAFETY: tiles get whole rows inside `w` and columns inside the panel;
+    // the caller owns rows r0 .. r0 + rows of `out`.
+    unsafe {
+        let mut r = 0;
+        while r < rows {
+            let m = (rows - r).min(PACK_ROWS);
+            pk.fill::<F>(w.as_ptr().add(r * rb), cols, m);
+            let mut j = 0;
+            while j < n {
+                let c = (n - j).min(PACK_COLS);
+                let (o, r1) = (&offs, r0 + r);
+                match c {
+                    8 => packed_tile::<8>(&pk, nb, p, o, j, out, r1, m),
+                    7 => packed_tile::<7>(&pk, nb, p, o, j, out, r1, m),
+                    6 => packed_tile::<6>(&pk, nb, p, o, j, out, r1, m),
+                    5 => packed_tile::<5>(&pk, nb, p, o, j, out, r1, m),
+                    4 => packed_tile::<4>(&pk, nb, p, o, j, out, r1, m),
+                    3 => packed_tile::<3>(&pk, nb, p, o, j, out, r1, m),
+                    2 => packed_tile::<2>(&pk, nb, p, o, j, out, r1, m),
+                    _ => packed_tile::<1>(&pk, nb, p, o, j, out, r1, m),
+                }
+                j += c;
+            }
+            r += m;
+        }
+    }
+}
+
 /// # Safety
 /// See [`super::GemmFn`]; also requires the CPU features (checked by the table's users).
 unsafe fn q2_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
     check();
     // SAFETY: features checked; contract forwarded.
-    unsafe { gemm::<Q2F>(w, cols, p, out, r0) }
+    unsafe {
+        if p.n() >= PACK_MIN_N {
+            gemm_packed::<avx2::Q2F>(w, cols, p, Q2F::ORDER, out, r0)
+        } else {
+            gemm::<Q2F>(w, cols, p, out, r0)
+        }
+    }
 }
 
 /// # Safety
@@ -410,7 +578,13 @@ unsafe fn q2_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: us
 unsafe fn q4_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
     check();
     // SAFETY: features checked; contract forwarded.
-    unsafe { gemm::<Q4F>(w, cols, p, out, r0) }
+    unsafe {
+        if p.n() >= PACK_MIN_N {
+            gemm_packed::<avx2::Q4F>(w, cols, p, Q4F::ORDER, out, r0)
+        } else {
+            gemm::<Q4F>(w, cols, p, out, r0)
+        }
+    }
 }
 
 /// # Safety

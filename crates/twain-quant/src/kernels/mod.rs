@@ -309,6 +309,7 @@ pub struct ActPanel {
 
 impl ActPanel {
     pub(crate) fn new(blocks: Vec<Q8ActBlock>, nb: usize, kind: PanelKind) -> Self {
+        use rayon::prelude::*;
         let n = blocks.len() / nb.max(1);
         let mut p = ActPanel {
             n,
@@ -321,54 +322,51 @@ impl ActPanel {
             gdx: Vec::new(),
             bseed: Vec::new(),
         };
-        if let PanelKind::Simd {
+        let PanelKind::Simd {
             corr,
             dx_mul,
             order,
         } = kind
-        {
-            p.xs = vec![0; n * (nb + 1) * QK];
-            p.dx = vec![0.0; n * (nb + 16)];
-            p.seed = vec![0; n * (nb + 1) * 8];
-            p.bseed = p.blocks.iter().map(|a| corr * a.sum).collect();
-            let ng = nb.div_ceil(8);
-            p.gseed = vec![0; n * ng * 8];
-            p.gdx = vec![0.0; n * ng * 8];
-            for j in 0..n {
-                for g in 0..ng {
-                    for (lane, &o) in GROUP_ORDER.iter().enumerate() {
-                        let b = 8 * g + o;
-                        if b < nb {
-                            let a = &p.blocks[j * nb + b];
-                            let i = (j * ng + g) * 8 + lane;
-                            p.gseed[i] = corr * a.sum;
-                            p.gdx[i] = a.d * dx_mul;
-                        }
-                    }
-                }
-            }
-            let blk = |j: usize, b: usize| (b < nb).then(|| &p.blocks[j * nb + b]);
-            for j in 0..n {
-                let base = j * (nb + 1);
-                for b in (0..nb).step_by(2) {
-                    let pair = [blk(j, b), blk(j, b + 1)];
-                    let xs = &mut p.xs[(base + b) * QK..(base + b + 2) * QK];
-                    let ch = order.chunk();
-                    for (ci, dst) in xs.chunks_exact_mut(ch).enumerate() {
-                        let (which, el) = order.source(ci * ch);
-                        if let Some(a) = pair[which] {
-                            dst.copy_from_slice(&a.qs[el..el + ch]);
-                        }
-                    }
-                    for (which, a) in pair.iter().enumerate() {
-                        if let Some(a) = a {
-                            let lane = which * order.chunk() / 4;
-                            p.seed[(base + b) * 8 + lane] = corr * a.sum;
-                            p.dx[j * (nb + 16) + b + which] = a.d * dx_mul;
-                        }
-                    }
-                }
-            }
+        else {
+            return p;
+        };
+        let ng = nb.div_ceil(8);
+        p.xs = vec![0; n * (nb + 1) * QK];
+        p.dx = vec![0.0; n * (nb + 16)];
+        p.seed = vec![0; n * (nb + 1) * 8];
+        p.bseed = vec![0; n * nb];
+        p.gseed = vec![0; n * ng * 8];
+        p.gdx = vec![0.0; n * ng * 8];
+        if n == 0 || nb == 0 {
+            return p;
+        }
+        // Each column's parts are disjoint slices: fill them per column, over
+        // rayon for large batches (this runs on every batched call).
+        let fill = |(((((blk, xs), dx), seed), bseed), (gseed, gdx)): ColumnParts<'_>| {
+            fill_column(blk, corr, dx_mul, order, xs, dx, seed, bseed, gseed, gdx)
+        };
+        if n * nb >= 1 << 10 {
+            p.blocks
+                .par_chunks(nb)
+                .zip(p.xs.par_chunks_mut((nb + 1) * QK))
+                .zip(p.dx.par_chunks_mut(nb + 16))
+                .zip(p.seed.par_chunks_mut((nb + 1) * 8))
+                .zip(p.bseed.par_chunks_mut(nb))
+                .zip(
+                    p.gseed
+                        .par_chunks_mut(ng * 8)
+                        .zip(p.gdx.par_chunks_mut(ng * 8)),
+                )
+                .for_each(fill);
+        } else {
+            p.blocks
+                .chunks(nb)
+                .zip(p.xs.chunks_mut((nb + 1) * QK))
+                .zip(p.dx.chunks_mut(nb + 16))
+                .zip(p.seed.chunks_mut((nb + 1) * 8))
+                .zip(p.bseed.chunks_mut(nb))
+                .zip(p.gseed.chunks_mut(ng * 8).zip(p.gdx.chunks_mut(ng * 8)))
+                .for_each(fill);
         }
         p
     }
@@ -424,6 +422,64 @@ impl ActPanel {
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn seed(&self, j: usize) -> *const i32 {
         self.seed[j * (self.nb + 1) * 8..].as_ptr()
+    }
+}
+
+/// The parts of one panel column, as zipped slices yield them.
+type ColumnParts<'a> = (
+    (
+        (
+            ((&'a [Q8ActBlock], &'a mut [i8]), &'a mut [f32]),
+            &'a mut [i32],
+        ),
+        &'a mut [i32],
+    ),
+    (&'a mut [i32], &'a mut [f32]),
+);
+
+/// One column of an [`ActPanel`]: `blk` are its `nb` blocks, the other
+/// slices its parts (see the fields).
+#[allow(clippy::too_many_arguments)]
+fn fill_column(
+    blk: &[Q8ActBlock],
+    corr: i32,
+    dx_mul: f32,
+    order: PairOrder,
+    xs: &mut [i8],
+    dx: &mut [f32],
+    seed: &mut [i32],
+    bseed: &mut [i32],
+    gseed: &mut [i32],
+    gdx: &mut [f32],
+) {
+    let nb = blk.len();
+    for (s, a) in bseed.iter_mut().zip(blk) {
+        *s = corr * a.sum;
+    }
+    for (g, (gs, gd)) in gseed.chunks_mut(8).zip(gdx.chunks_mut(8)).enumerate() {
+        for (lane, &o) in GROUP_ORDER.iter().enumerate() {
+            if let Some(a) = blk.get(8 * g + o) {
+                gs[lane] = corr * a.sum;
+                gd[lane] = a.d * dx_mul;
+            }
+        }
+    }
+    let ch = order.chunk();
+    for b in (0..nb).step_by(2) {
+        let pair = [blk.get(b), blk.get(b + 1)];
+        let dst = &mut xs[b * QK..(b + 2) * QK];
+        for (ci, d) in dst.chunks_exact_mut(ch).enumerate() {
+            let (which, el) = order.source(ci * ch);
+            if let Some(a) = pair[which] {
+                d.copy_from_slice(&a.qs[el..el + ch]);
+            }
+        }
+        for (which, a) in pair.iter().enumerate() {
+            if let Some(a) = a {
+                seed[b * 8 + which * ch / 4] = corr * a.sum;
+                dx[b + which] = a.d * dx_mul;
+            }
+        }
     }
 }
 
