@@ -168,6 +168,30 @@ impl LayerCache {
         self.k.bytes() + self.v.bytes()
     }
 
+    /// Keys (`values == false`) or values of kv head `g` at positions `0..len`
+    /// as f32 rows of `head_dim`, into `out` (`len * head_dim`).
+    pub(crate) fn head_f32(&self, g: usize, len: usize, values: bool, out: &mut [f32]) {
+        let (dim, nkv) = (self.head_dim, self.n_kv_heads);
+        let rows = if values { &self.v } else { &self.k };
+        for (t, o) in out.chunks_exact_mut(dim).take(len).enumerate() {
+            let r = t * nkv + g;
+            match rows {
+                Rows::Int8 { q, scale } => {
+                    let s = scale[r];
+                    for (o, &c) in o.iter_mut().zip(&q[r * dim..(r + 1) * dim]) {
+                        *o = c as f32 * s;
+                    }
+                }
+                Rows::F16(v) => {
+                    for (o, c) in o.iter_mut().zip(&v[r * dim..(r + 1) * dim]) {
+                        *o = c.to_f32();
+                    }
+                }
+                Rows::F32(v) => o.copy_from_slice(&v[r * dim..(r + 1) * dim]),
+            }
+        }
+    }
+
     /// Attention of one query head `q` (already scaled) over positions `0..=last`
     /// of kv head `g`, written to `out` (head_dim). `scores` is scratch of len >= last + 1.
     pub(crate) fn attend(

@@ -121,6 +121,8 @@ struct Scratch {
     /// by every layer of a forward call.
     angles: Vec<(f32, f32)>,
     angles_at: (usize, usize),
+    /// Keys and values of each kv head as f32 for batched attention.
+    kvf: Vec<f32>,
 }
 
 fn buf(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -686,25 +688,60 @@ impl Transformer {
         let max_len = p0 + n;
         let work = n * nh * max_len * hd;
         let q = &*q;
-        let job = |(idx, out): (usize, &mut [f32])| {
-            let (i, h) = (idx / nh, idx % nh);
-            let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-            SCORES.with(|s| {
-                let mut scores = s.borrow_mut();
-                if scores.len() < max_len {
-                    scores.resize(max_len, 0.0);
-                }
-                cache.attend(qh, h / group, p0 + i, &mut scores, out);
-            });
-        };
-        // One row (decode) splits only long contexts: waking the pool costs
-        // more than attending a few hundred positions (measured on Zen 3:
-        // 2-thread decode 99 -> 115 tok/s with the higher bar).
-        let min_work = if n == 1 { 1 << 21 } else { 1 << 16 };
-        if work > min_work {
-            att.par_chunks_mut(hd).enumerate().for_each(job);
+        if n >= 8 && twain_quant::attn::attend_causal16_is_simd(hd) {
+            // A batch: each kv head's keys and values once as f32, then blocks
+            // of 16 query rows per head, the rows in the lanes of the kernel.
+            let span = max_len * hd;
+            let kvf = buf(&mut scratch.kvf, 2 * nkv * span);
+            kvf.par_chunks_mut(span)
+                .enumerate()
+                .for_each(|(c, dst)| cache.head_f32(c / 2, max_len, c % 2 == 1, dst));
+            let kvf = &*kvf;
+            att.par_chunks_mut(16 * q_dim)
+                .enumerate()
+                .for_each(|(b, out)| {
+                    let i0 = 16 * b;
+                    let limits: Vec<usize> =
+                        (0..out.len() / q_dim).map(|i| p0 + i0 + i + 1).collect();
+                    SCORES.with(|s| {
+                        let mut s = s.borrow_mut();
+                        for h in 0..nh {
+                            let g = h / group;
+                            twain_quant::attn::attend_causal16(
+                                &q[i0 * q_dim + h * hd..],
+                                q_dim,
+                                &kvf[2 * g * span..(2 * g + 1) * span],
+                                &kvf[(2 * g + 1) * span..(2 * g + 2) * span],
+                                hd,
+                                &limits,
+                                &mut out[h * hd..],
+                                q_dim,
+                                &mut s,
+                            );
+                        }
+                    });
+                });
         } else {
-            att.chunks_mut(hd).enumerate().for_each(job);
+            let job = |(idx, out): (usize, &mut [f32])| {
+                let (i, h) = (idx / nh, idx % nh);
+                let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+                SCORES.with(|s| {
+                    let mut scores = s.borrow_mut();
+                    if scores.len() < max_len {
+                        scores.resize(max_len, 0.0);
+                    }
+                    cache.attend(qh, h / group, p0 + i, &mut scores, out);
+                });
+            };
+            // One row (decode) splits only long contexts: waking the pool costs
+            // more than attending a few hundred positions (measured on Zen 3:
+            // 2-thread decode 99 -> 115 tok/s with the higher bar).
+            let min_work = if n == 1 { 1 << 21 } else { 1 << 16 };
+            if work > min_work {
+                att.par_chunks_mut(hd).enumerate().for_each(job);
+            } else {
+                att.chunks_mut(hd).enumerate().for_each(job);
+            }
         }
         let o = buf(&mut scratch.o, n * d);
         linear(&layer.wo, att, o, obs, ad)?;

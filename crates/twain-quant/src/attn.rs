@@ -118,6 +118,101 @@ pub fn scalar_swiglu(g: &mut [f32], u: &[f32]) {
     }
 }
 
+/// Causal attention of up to 16 query rows of one head over f32 keys and
+/// values: query `i` (`q[i * q_stride ..][..d]`, already scaled) attends
+/// positions `0 .. limits[i]` of `k` and `v` (`d` values per position,
+/// row-major), and its softmax-weighted sum of values goes to
+/// `out[i * out_stride ..][..d]`. A query with limit 0 gets zeros. `scratch`
+/// is reused between calls.
+///
+/// With AVX-512 the 16 queries are the 16 lanes of every vector: scores,
+/// softmax and the weighted sum run over positions with the keys and values
+/// broadcast from memory, 4 positions at a time for the scores.
+///
+/// Panics if more than 16 queries are given or a slice is too short.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_causal16(
+    q: &[f32],
+    q_stride: usize,
+    k: &[f32],
+    v: &[f32],
+    d: usize,
+    limits: &[usize],
+    out: &mut [f32],
+    out_stride: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let m = limits.len();
+    assert!(m <= 16, "attend_causal16: {m} queries (at most 16)");
+    if m == 0 {
+        return;
+    }
+    let t_max = limits.iter().copied().max().unwrap_or(0);
+    assert!(
+        q.len() >= (m - 1) * q_stride + d && out.len() >= (m - 1) * out_stride + d,
+        "attend_causal16: queries or outputs too short"
+    );
+    assert!(
+        k.len() >= t_max * d && v.len() >= t_max * d,
+        "attend_causal16: keys or values too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(16) && avx512() {
+        // SAFETY: AVX-512F checked at run time; bounds asserted above.
+        unsafe { x86::attend16(q, q_stride, k, v, d, limits, out, out_stride, scratch) };
+        return;
+    }
+    let _ = scratch;
+    scalar_attend_causal16(q, q_stride, k, v, d, limits, out, out_stride);
+}
+
+/// Whether [`attend_causal16`] has a SIMD path for head size `d` on this CPU
+/// (otherwise it runs the scalar reference, and per-row attention with
+/// [`dot_rows`]/[`axpy_rows`] is faster).
+pub fn attend_causal16_is_simd(d: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(16) && avx512() {
+        return true;
+    }
+    let _ = d;
+    false
+}
+
+/// Scalar reference of [`attend_causal16`].
+#[allow(clippy::too_many_arguments)]
+pub fn scalar_attend_causal16(
+    q: &[f32],
+    q_stride: usize,
+    k: &[f32],
+    v: &[f32],
+    d: usize,
+    limits: &[usize],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    for (i, &lim) in limits.iter().enumerate() {
+        let qi = &q[i * q_stride..i * q_stride + d];
+        let mut s: Vec<f32> = (0..lim)
+            .map(|t| {
+                k[t * d..(t + 1) * d]
+                    .iter()
+                    .zip(qi)
+                    .map(|(a, b)| a * b)
+                    .sum()
+            })
+            .collect();
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum = scalar_exp_sub_sum(&mut s, max);
+        let o = &mut out[i * out_stride..i * out_stride + d];
+        o.fill(0.0);
+        for (t, p) in s.iter().enumerate() {
+            for (a, b) in o.iter_mut().zip(&v[t * d..(t + 1) * d]) {
+                *a += p / sum * b;
+            }
+        }
+    }
+}
+
 /// Scalar reference of [`exp_sub_sum`].
 pub fn scalar_exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
     let mut sum = 0.0f32;
@@ -377,6 +472,147 @@ mod x86 {
                 _mm256_set1_epi32(127),
             ));
             _mm256_mul_ps(p, _mm256_castsi256_ps(e))
+        }
+    }
+
+    /// [`exp8`] on 16 lanes.
+    #[inline(always)]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        // SAFETY: register arithmetic only.
+        unsafe {
+            let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+            );
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+            let mut p = _mm512_set1_ps(1.0 / 720.0);
+            for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+            }
+            let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+                _mm512_cvtps_epi32(n),
+                _mm512_set1_epi32(127),
+            ));
+            _mm512_mul_ps(p, _mm512_castsi512_ps(e))
+        }
+    }
+
+    /// Scores of `W` consecutive key rows at `kp` (`d` apart) against the 16
+    /// transposed queries at `qp` (`d x 16`).
+    #[inline(always)]
+    unsafe fn scores<const W: usize>(kp: *const f32, qp: *const f32, d: usize) -> [__m512; W] {
+        // SAFETY: the caller keeps W rows of d keys at kp and d x 16 values at qp.
+        unsafe {
+            let mut a = [[_mm512_setzero_ps(); 2]; W];
+            let mut e = 0;
+            while e < d {
+                let q0 = _mm512_loadu_ps(qp.add(e * 16));
+                let q1 = _mm512_loadu_ps(qp.add((e + 1) * 16));
+                for (p, a) in a.iter_mut().enumerate() {
+                    let kr = kp.add(p * d + e);
+                    a[0] = _mm512_fmadd_ps(_mm512_set1_ps(*kr), q0, a[0]);
+                    a[1] = _mm512_fmadd_ps(_mm512_set1_ps(*kr.add(1)), q1, a[1]);
+                }
+                e += 2;
+            }
+            a.map(|a| _mm512_add_ps(a[0], a[1]))
+        }
+    }
+
+    /// See [`super::attend_causal16`]; the caller checked the bounds, `d % 16 == 0`
+    /// and at most 16 limits.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn attend16(
+        q: &[f32],
+        q_stride: usize,
+        k: &[f32],
+        v: &[f32],
+        d: usize,
+        limits: &[usize],
+        out: &mut [f32],
+        out_stride: usize,
+        scratch: &mut Vec<f32>,
+    ) {
+        let m = limits.len();
+        let t_max = limits.iter().copied().max().unwrap_or(0);
+        // Scratch: queries transposed (d x 16), outputs transposed (d x 16),
+        // scores (t_max x 16, one lane per query).
+        scratch.clear();
+        scratch.resize(2 * d * 16 + t_max * 16, 0.0);
+        let (qt, rest) = scratch.split_at_mut(d * 16);
+        let (ot, s) = rest.split_at_mut(d * 16);
+        for i in 0..m {
+            for (e, &x) in q[i * q_stride..i * q_stride + d].iter().enumerate() {
+                qt[e * 16 + i] = x;
+            }
+        }
+        let mut lim = [0i32; 16];
+        for (l, &x) in lim.iter_mut().zip(limits) {
+            *l = x as i32;
+        }
+        // SAFETY (whole body): k and v hold t_max * d values (asserted by the
+        // caller), qt and ot d * 16, s t_max * 16; every access below stays inside.
+        unsafe {
+            let lim = _mm512_loadu_si512(lim.as_ptr() as *const _);
+            let valid = |t: usize| _mm512_cmpgt_epi32_mask(lim, _mm512_set1_epi32(t as i32));
+            let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+            let (kp, qp, sp) = (k.as_ptr(), qt.as_ptr(), s.as_mut_ptr());
+            let mut mx = ninf;
+            // Scores, 4 positions at a time (8 independent sums: 4 positions x
+            // even/odd dimensions), each query vector loaded once for the 4.
+            let mut put = |t: usize, sc: __m512| {
+                let sc = _mm512_mask_blend_ps(valid(t), ninf, sc);
+                mx = _mm512_max_ps(mx, sc);
+                _mm512_storeu_ps(sp.add(t * 16), sc);
+            };
+            let mut t = 0;
+            while t + 4 <= t_max {
+                for (p, sc) in scores::<4>(kp.add(t * d), qp, d).into_iter().enumerate() {
+                    put(t + p, sc);
+                }
+                t += 4;
+            }
+            while t < t_max {
+                put(t, scores::<1>(kp.add(t * d), qp, d)[0]);
+                t += 1;
+            }
+            // Softmax numerators; masked positions are exactly zero.
+            let mut sum = _mm512_setzero_ps();
+            for t in 0..t_max {
+                let x = _mm512_loadu_ps(sp.add(t * 16));
+                let e = _mm512_maskz_mov_ps(valid(t), exp16(_mm512_sub_ps(x, mx)));
+                sum = _mm512_add_ps(sum, e);
+                _mm512_storeu_ps(sp.add(t * 16), e);
+            }
+            let has = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(sum, _mm512_setzero_ps());
+            let inv = _mm512_maskz_div_ps(has, _mm512_set1_ps(1.0), sum);
+            // Weighted values, 16 dimensions at a time.
+            let (vp, op) = (v.as_ptr(), ot.as_mut_ptr());
+            let mut e0 = 0;
+            while e0 < d {
+                let mut acc = [_mm512_setzero_ps(); 16];
+                for t in 0..t_max {
+                    let p = _mm512_loadu_ps(sp.add(t * 16));
+                    let vr = vp.add(t * d + e0);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*vr.add(j)), p, *a);
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(op.add((e0 + j) * 16), _mm512_mul_ps(*a, inv));
+                }
+                e0 += 16;
+            }
+        }
+        for i in 0..m {
+            for (e, o) in out[i * out_stride..i * out_stride + d]
+                .iter_mut()
+                .enumerate()
+            {
+                *o = ot[e * 16 + i];
+            }
         }
     }
 
