@@ -509,6 +509,23 @@ impl Transformer {
         &self,
         state: &mut State,
         tokens: &[TokenId],
+        out: Output<'_>,
+        observer: Option<Observer<'_>>,
+    ) -> Result<(), CoreError> {
+        // A batch makes dozens of parallel calls per layer: from a thread
+        // outside the rayon pool each one is handed to a worker and back (two
+        // context switches), so run the whole batch on a worker. One token
+        // (decode) stays on the caller: its matvecs use the spinning pool.
+        if tokens.len() > 1 && observer.is_none() && rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.run_batch(state, tokens, out, None));
+        }
+        self.run_batch(state, tokens, out, observer)
+    }
+
+    fn run_batch(
+        &self,
+        state: &mut State,
+        tokens: &[TokenId],
         mut out: Output<'_>,
         mut observer: Option<Observer<'_>>,
     ) -> Result<(), CoreError> {
