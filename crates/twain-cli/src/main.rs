@@ -146,9 +146,14 @@ enum Command {
         no_skip: bool,
         /// Instead of a model file, random weights at a reference shape:
         /// `afm` (56 layers, 35 own K/V, d 2048, 2-bit weights, 4-bit
-        /// embeddings) or `afm-unshared` (the same without KV sharing).
+        /// embeddings) or `afm-unshared` (the same without KV sharing), or a
+        /// native file written by `--save` (memory-mapped: its load time).
         #[arg(long)]
         synthetic: Option<String>,
+        /// With `--synthetic afm|afm-unshared`: also write the random model to
+        /// this native file.
+        #[arg(long)]
+        save: Option<PathBuf>,
         /// Apply a random LoRA adapter of this rank to every linear layer
         /// (alpha 16), to measure the cost of an unmerged adapter.
         #[arg(long)]
@@ -498,18 +503,25 @@ fn run(cmd: Command) -> Res<()> {
             reps,
             no_skip,
             synthetic,
+            save,
             random_adapter,
             json,
-        } => bench(
-            &model,
-            synthetic.as_deref(),
-            random_adapter,
-            prompt_tokens,
-            gen_tokens,
-            reps,
-            !no_skip,
-            json,
-        ),
+        } => {
+            if save.is_some() && synthetic.is_none() {
+                return Err("--save needs --synthetic afm or afm-unshared".into());
+            }
+            bench(
+                &model,
+                synthetic.as_deref(),
+                save.as_deref(),
+                random_adapter,
+                prompt_tokens,
+                gen_tokens,
+                reps,
+                !no_skip,
+                json,
+            )
+        }
         Command::Perplexity {
             model,
             file,
@@ -741,18 +753,44 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn synthetic_model(name: &str, skip: bool, kv_cache: &str) -> Res<Transformer> {
-    let mut config = twain_core::synthetic::afm_config();
-    match name {
-        "afm" => {}
-        "afm-unshared" => config.kv_source = (0..config.n_layers).collect(),
-        other => return Err(format!("unknown --synthetic {other:?} (afm, afm-unshared)")),
-    }
+fn synthetic_model(
+    name: &str,
+    skip: bool,
+    kv_cache: &str,
+    save: Option<&Path>,
+) -> Res<Transformer> {
     let kv_dtype = KvDtype::from_name(kv_cache)
         .ok_or_else(|| format!("unknown --kv-cache {kv_cache:?} (int8, f16, f32)"))?;
-    eprintln!("building random weights at the {name} shape (2-bit linears, 4-bit embeddings)...");
-    let loaded =
-        twain_core::synthetic::random_model(&config, Preset::Afm, 1).map_err(|e| e.to_string())?;
+    let mut config = twain_core::synthetic::afm_config();
+    let loaded = match name {
+        "afm" | "afm-unshared" => {
+            if name == "afm-unshared" {
+                config.kv_source = (0..config.n_layers).collect();
+            }
+            eprintln!(
+                "building random weights at the {name} shape (2-bit linears, 4-bit embeddings)..."
+            );
+            let m = twain_core::synthetic::random_model(&config, Preset::Afm, 1)
+                .map_err(|e| e.to_string())?;
+            if let Some(out) = save {
+                twain_io::write_native(out, &twain_io::NativeModel::from_loaded(&m), &mut |_| {})
+                    .map_err(|e| e.to_string())?;
+                eprintln!("wrote {}", out.display());
+            }
+            m
+        }
+        path if Path::new(path).is_file() => {
+            if save.is_some() {
+                return Err("--save goes with --synthetic afm or afm-unshared".into());
+            }
+            twain_io::load_model(path).map_err(|e| format!("{path}: {e}"))?
+        }
+        other => {
+            return Err(format!(
+                "unknown --synthetic {other:?} (afm, afm-unshared, or a file written by --save)"
+            ))
+        }
+    };
     Transformer::from_loaded(
         loaded,
         twain_core::TransformerOptions {
@@ -768,6 +806,7 @@ fn synthetic_model(name: &str, skip: bool, kv_cache: &str) -> Res<Transformer> {
 fn bench(
     args: &ModelArgs,
     synthetic: Option<&str>,
+    save: Option<&Path>,
     random_adapter_rank: Option<usize>,
     prompt_tokens: usize,
     gen_tokens: usize,
@@ -778,7 +817,7 @@ fn bench(
     let t0 = Instant::now();
     let (model, adapter) = match synthetic {
         Some(name) => (
-            std::sync::Arc::new(synthetic_model(name, skip, &args.kv_cache)?),
+            std::sync::Arc::new(synthetic_model(name, skip, &args.kv_cache, save)?),
             None,
         ),
         None => {

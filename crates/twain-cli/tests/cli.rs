@@ -115,6 +115,45 @@ fn bad_arguments_and_files_are_clear_errors() {
     ]);
     assert!(!ok);
     assert!(err.contains("unknown preset"), "{err}");
+    let (_, err, ok) = twain(&["bench", "--synthetic", "/nonexistent/afm.twain"]);
+    assert!(!ok);
+    assert!(err.contains("unknown --synthetic"), "{err}");
+    let (_, err, ok) = twain(&["bench", "--save", "/tmp/x.twain"]);
+    assert!(!ok);
+    assert!(err.contains("--save needs --synthetic"), "{err}");
+}
+
+/// `bench --synthetic FILE` memory-maps a native file of random weights (the
+/// way AFM-shape load times are measured) and reports every figure.
+#[test]
+fn bench_runs_a_saved_synthetic_model() {
+    let dir = std::env::temp_dir().join(format!("twain-synth-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.twain");
+    let config = twain_core::synthetic::tiny_config(4);
+    let m = twain_core::synthetic::random_model(&config, twain_core::Preset::Afm, 3).unwrap();
+    twain_io::write_native(&path, &twain_io::NativeModel::from_loaded(&m), &mut |_| {}).unwrap();
+    let (out, err, ok) = twain(&[
+        "--threads",
+        "1",
+        "bench",
+        "--synthetic",
+        path.to_str().unwrap(),
+        "--prompt-tokens",
+        "20",
+        "--gen-tokens",
+        "4",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "stderr: {err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert!(v["prefill_tok_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["decode_tok_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["load_s"].as_f64().unwrap() < 5.0, "{v}");
+    assert!(v["weight_bytes"].as_u64().unwrap() > 0, "{v}");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 fn twain_stdin(args: &[&str], input: &str) -> (String, String, bool) {

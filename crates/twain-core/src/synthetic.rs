@@ -118,7 +118,9 @@ pub fn random_model(
         }
         if c.qk_norm {
             shapes.push((format!("{p}attn_q_norm.weight"), vec![hd]));
-            shapes.push((format!("{p}attn_k_norm.weight"), vec![hd]));
+            if owns {
+                shapes.push((format!("{p}attn_k_norm.weight"), vec![hd]));
+            }
         }
     }
     let mut tensors = BTreeMap::new();

@@ -298,10 +298,12 @@ impl Transformer {
                         opt_vec(&mut model, "attn_q_norm.weight", hd)?
                             .ok_or_else(|| missing(&p, "attn_q_norm.weight"))?,
                     ),
-                    Some(
-                        opt_vec(&mut model, "attn_k_norm.weight", hd)?
-                            .ok_or_else(|| missing(&p, "attn_k_norm.weight"))?,
-                    ),
+                    // Only a layer that computes K normalises it.
+                    match opt_vec(&mut model, "attn_k_norm.weight", hd)? {
+                        Some(w) if owns_kv => Some(w),
+                        None if owns_kv => return Err(missing(&p, "attn_k_norm.weight")),
+                        _ => None,
+                    },
                 )
             } else {
                 (None, None)
