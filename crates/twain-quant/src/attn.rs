@@ -127,7 +127,8 @@ pub fn scalar_swiglu(g: &mut [f32], u: &[f32]) {
 ///
 /// With AVX-512 the 16 queries are the 16 lanes of every vector: scores,
 /// softmax and the weighted sum run over positions with the keys and values
-/// broadcast from memory, 4 positions at a time for the scores.
+/// broadcast from memory, 4 positions at a time for the scores. AVX2 does the
+/// same in two passes of 8 queries.
 ///
 /// Panics if more than 16 queries are given or a slice is too short.
 #[allow(clippy::too_many_arguments)]
@@ -162,8 +163,67 @@ pub fn attend_causal16(
         unsafe { x86::attend16(q, q_stride, k, v, d, limits, out, out_stride, scratch) };
         return;
     }
-    let _ = scratch;
+    #[cfg(target_arch = "x86_64")]
+    if avx2() && attend_causal16_avx2(q, q_stride, k, v, d, limits, out, out_stride, scratch) {
+        return;
+    }
+    let _ = &scratch;
     scalar_attend_causal16(q, q_stride, k, v, d, limits, out, out_stride);
+}
+
+/// [`attend_causal16`] through its AVX2 path even where AVX-512 is there (for
+/// tests and benchmarks). Returns false, doing nothing, when this CPU has no
+/// AVX2/FMA or `d` is not a multiple of 8.
+///
+/// Panics like [`attend_causal16`].
+#[allow(clippy::too_many_arguments)]
+pub fn attend_causal16_avx2(
+    q: &[f32],
+    q_stride: usize,
+    k: &[f32],
+    v: &[f32],
+    d: usize,
+    limits: &[usize],
+    out: &mut [f32],
+    out_stride: usize,
+    scratch: &mut Vec<f32>,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(8) && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        let m = limits.len();
+        let t_max = limits.iter().copied().max().unwrap_or(0);
+        assert!(m <= 16, "attend_causal16: {m} queries (at most 16)");
+        assert!(
+            m == 0 || (q.len() >= (m - 1) * q_stride + d && out.len() >= (m - 1) * out_stride + d),
+            "attend_causal16: queries or outputs too short"
+        );
+        assert!(
+            k.len() >= t_max * d && v.len() >= t_max * d,
+            "attend_causal16: keys or values too short"
+        );
+        // Two blocks of 8 queries, one per 8-lane pass.
+        for (h, lim) in limits.chunks(8).enumerate() {
+            let (qo, oo) = (8 * h * q_stride, 8 * h * out_stride);
+            // SAFETY: AVX2/FMA checked at run time; the asserted bounds cover
+            // queries 8h .. 8h + lim.len().
+            unsafe {
+                x86::attend8_avx2(
+                    &q[qo..],
+                    q_stride,
+                    k,
+                    v,
+                    d,
+                    lim,
+                    &mut out[oo..],
+                    out_stride,
+                    scratch,
+                )
+            };
+        }
+        return true;
+    }
+    let _ = (q, q_stride, k, v, d, limits, out, out_stride, scratch);
+    false
 }
 
 /// Whether [`attend_causal16`] has a SIMD path for head size `d` on this CPU
@@ -171,7 +231,7 @@ pub fn attend_causal16(
 /// [`dot_rows`]/[`axpy_rows`] is faster).
 pub fn attend_causal16_is_simd(d: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if d.is_multiple_of(16) && avx512() {
+    if (d.is_multiple_of(16) && avx512()) || (d.is_multiple_of(8) && avx2()) {
         return true;
     }
     let _ = d;
@@ -612,6 +672,118 @@ mod x86 {
                 .enumerate()
             {
                 *o = ot[e * 16 + i];
+            }
+        }
+    }
+
+    /// [`scores`] on 8 lanes.
+    #[inline(always)]
+    unsafe fn scores8<const W: usize>(kp: *const f32, qp: *const f32, d: usize) -> [__m256; W] {
+        // SAFETY: the caller keeps W rows of d keys at kp and d x 8 values at qp.
+        unsafe {
+            let mut a = [[_mm256_setzero_ps(); 2]; W];
+            let mut e = 0;
+            while e < d {
+                let q0 = _mm256_loadu_ps(qp.add(e * 8));
+                let q1 = _mm256_loadu_ps(qp.add((e + 1) * 8));
+                for (p, a) in a.iter_mut().enumerate() {
+                    let kr = kp.add(p * d + e);
+                    a[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*kr), q0, a[0]);
+                    a[1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*kr.add(1)), q1, a[1]);
+                }
+                e += 2;
+            }
+            a.map(|a| _mm256_add_ps(a[0], a[1]))
+        }
+    }
+
+    /// [`attend16`] for at most 8 queries on 8 lanes (`d % 8 == 0`).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn attend8_avx2(
+        q: &[f32],
+        q_stride: usize,
+        k: &[f32],
+        v: &[f32],
+        d: usize,
+        limits: &[usize],
+        out: &mut [f32],
+        out_stride: usize,
+        scratch: &mut Vec<f32>,
+    ) {
+        let m = limits.len();
+        let t_max = limits.iter().copied().max().unwrap_or(0);
+        scratch.clear();
+        scratch.resize(2 * d * 8 + t_max * 8, 0.0);
+        let (qt, rest) = scratch.split_at_mut(d * 8);
+        let (ot, s) = rest.split_at_mut(d * 8);
+        for i in 0..m {
+            for (e, &x) in q[i * q_stride..i * q_stride + d].iter().enumerate() {
+                qt[e * 8 + i] = x;
+            }
+        }
+        let mut lim = [0i32; 8];
+        for (l, &x) in lim.iter_mut().zip(limits) {
+            *l = x as i32;
+        }
+        // SAFETY (whole body): k and v hold t_max * d values (asserted by the
+        // caller), qt and ot d * 8, s t_max * 8; every access below stays inside.
+        unsafe {
+            let lim = _mm256_loadu_si256(lim.as_ptr() as *const __m256i);
+            let valid = |t: usize| {
+                _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, _mm256_set1_epi32(t as i32)))
+            };
+            let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+            let (kp, qp, sp) = (k.as_ptr(), qt.as_ptr(), s.as_mut_ptr());
+            let mut mx = ninf;
+            let mut put = |t: usize, sc: __m256| {
+                let sc = _mm256_blendv_ps(ninf, sc, valid(t));
+                mx = _mm256_max_ps(mx, sc);
+                _mm256_storeu_ps(sp.add(t * 8), sc);
+            };
+            let mut t = 0;
+            while t + 4 <= t_max {
+                for (p, sc) in scores8::<4>(kp.add(t * d), qp, d).into_iter().enumerate() {
+                    put(t + p, sc);
+                }
+                t += 4;
+            }
+            while t < t_max {
+                put(t, scores8::<1>(kp.add(t * d), qp, d)[0]);
+                t += 1;
+            }
+            let mut sum = _mm256_setzero_ps();
+            for t in 0..t_max {
+                let x = _mm256_loadu_ps(sp.add(t * 8));
+                let e = _mm256_and_ps(valid(t), exp8(_mm256_sub_ps(x, mx)));
+                sum = _mm256_add_ps(sum, e);
+                _mm256_storeu_ps(sp.add(t * 8), e);
+            }
+            let has = _mm256_cmp_ps::<_CMP_GT_OQ>(sum, _mm256_setzero_ps());
+            let inv = _mm256_and_ps(has, _mm256_div_ps(_mm256_set1_ps(1.0), sum));
+            let (vp, op) = (v.as_ptr(), ot.as_mut_ptr());
+            let mut e0 = 0;
+            while e0 < d {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for t in 0..t_max {
+                    let p = _mm256_loadu_ps(sp.add(t * 8));
+                    let vr = vp.add(t * d + e0);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&*vr.add(j)), p, *a);
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(op.add((e0 + j) * 8), _mm256_mul_ps(*a, inv));
+                }
+                e0 += 8;
+            }
+        }
+        for i in 0..m {
+            for (e, o) in out[i * out_stride..i * out_stride + d]
+                .iter_mut()
+                .enumerate()
+            {
+                *o = ot[e * 8 + i];
             }
         }
     }

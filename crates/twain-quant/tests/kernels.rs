@@ -524,10 +524,16 @@ mod softmax_exp {
             let mut scratch = Vec::new();
             attn::attend_causal16(&q, stride, &k, &v, d, &limits, &mut a, stride, &mut scratch);
             attn::scalar_attend_causal16(&q, stride, &k, &v, d, &limits, &mut b, stride);
+            let mut c = vec![f32::NAN; m * stride];
+            let avx2 = attn::attend_causal16_avx2(&q, stride, &k, &v, d, &limits, &mut c, stride, &mut scratch);
             for i in 0..m {
                 for e in 0..d {
                     let (x, y) = (a[i * stride + e], b[i * stride + e]);
                     prop_assert!((x - y).abs() <= 2e-5, "query {i} (limit {}) dim {e}: {x} vs {y}", limits[i]);
+                    if avx2 {
+                        let z = c[i * stride + e];
+                        prop_assert!((z - y).abs() <= 2e-5, "AVX2: query {i} (limit {}) dim {e}: {z} vs {y}", limits[i]);
+                    }
                 }
             }
         }
