@@ -15,7 +15,9 @@
 // Register tiles are indexed by (row, column) in several arrays at once.
 #![allow(clippy::needless_range_loop)]
 use super::scalar::q2_row_layout;
-use super::{gemv_via, scalar, ActPanel, Backend, Kernels, OutTile, PairOrder, PanelKind};
+use super::{
+    gemv_via, scalar, ActPanel, Backend, Kernels, OutTile, PairOrder, PanelKind, PACK_MIN_N,
+};
 use crate::blocks::{f16_to_f32, scales_bytes, Q8ActBlock, Q2_ROW_HEADER, QK};
 use crate::QuantFormat;
 use std::arch::x86_64::*;
@@ -65,17 +67,20 @@ fn panel(f: QuantFormat) -> PanelKind {
             corr: -3,
             dx_mul: 0.5,
             order: PairOrder::Half,
+            packed: true,
         },
         QuantFormat::Q4 => PanelKind::Simd {
             corr: -8,
             dx_mul: 1.0,
             order: PairOrder::Half,
+            packed: true,
         },
         // Signed x signed via the sign trick: no offset term.
         QuantFormat::Q8 => PanelKind::Simd {
             corr: 0,
             dx_mul: 1.0,
             order: PairOrder::Natural,
+            packed: false,
         },
         _ => PanelKind::Blocks,
     }
@@ -492,8 +497,6 @@ const PACK_ROWS: usize = 8;
 /// the codes, the broadcast activations and the scales fit the 16 registers
 /// (6 columns spill: 113 against 126 GFLOP/s on Zen 3).
 const PACK_COLS: usize = 4;
-/// Batches of at least this many columns run the packed kernel.
-const PACK_MIN_N: usize = 8;
 
 /// Up to 8 rows repacked so that a 32-bit lane is a row: per block, 8 vectors
 /// (vector `k` holds codes `4k .. 4k + 4` of every row) and the 8 rows' scales.
@@ -582,27 +585,26 @@ unsafe fn packed_tile<const C: usize>(
     // r0 .. r0 + m of `out`.
     unsafe {
         let ones = _mm256_set1_epi16(1);
+        let n = p.n();
+        let (xt, bt, dt) = (p.xt().as_ptr(), p.bt().as_ptr(), p.dt().as_ptr());
         let mut acc = [_mm256_setzero_ps(); C];
         for b in 0..nb {
-            // Block b's elements 0..16 and 16..32 sit 32 bytes apart in its
-            // pair (PairOrder::Half), the odd block 16 bytes after the even one.
-            let off = (b & !1) * QK + (b % 2) * 16;
             let mut s = [_mm256_setzero_si256(); C];
             for k in 0..8 {
                 let wv = _mm256_load_si256(pk.codes.as_ptr().add(b * 8 + k));
-                let o = off + (k / 4) * 32 + (k % 4) * 4;
+                // The C columns' dwords sit side by side.
+                let xr = xt.add((b * 8 + k) * n + j0);
                 for c in 0..C {
-                    let x = (p.xs(j0 + c).add(o) as *const i32).read_unaligned();
-                    s[c] = _mm256_add_epi16(s[c], _mm256_maddubs_epi16(wv, _mm256_set1_epi32(x)));
+                    let x = _mm256_set1_epi32(*xr.add(c));
+                    s[c] = _mm256_add_epi16(s[c], _mm256_maddubs_epi16(wv, x));
                 }
             }
             let ws = pk.scales[b];
+            let (sb, db) = (bt.add(b * n + j0), dt.add(b * n + j0));
             for c in 0..C {
-                let i = _mm256_add_epi32(
-                    _mm256_madd_epi16(s[c], ones),
-                    _mm256_set1_epi32(p.bseed(j0 + c)[b]),
-                );
-                let k = _mm256_mul_ps(ws, _mm256_set1_ps(p.dx(j0 + c)[b]));
+                let i =
+                    _mm256_add_epi32(_mm256_madd_epi16(s[c], ones), _mm256_set1_epi32(*sb.add(c)));
+                let k = _mm256_mul_ps(ws, _mm256_set1_ps(*db.add(c)));
                 acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), k, acc[c]);
             }
         }

@@ -11,7 +11,9 @@
 // Register tiles are indexed by (row, column) in several arrays at once.
 #![allow(clippy::needless_range_loop)]
 use super::scalar::q2_row_layout;
-use super::{avx2, gemv_via, ActPanel, Backend, Kernels, OutTile, PairOrder, PanelKind};
+use super::{
+    avx2, gemv_via, ActPanel, Backend, Kernels, OutTile, PairOrder, PanelKind, PACK_MIN_N,
+};
 use crate::blocks::{f16_to_f32, scales_bytes, Q8ActBlock, Q2_ROW_HEADER, QK};
 use crate::QuantFormat;
 use std::arch::x86_64::*;
@@ -61,17 +63,20 @@ fn panel(f: QuantFormat) -> PanelKind {
             corr: -3,
             dx_mul: 0.5,
             order: Q2F::ORDER,
+            packed: true,
         },
         QuantFormat::Q4 => PanelKind::Simd {
             corr: -8,
             dx_mul: 1.0,
             order: Q4F::ORDER,
+            packed: true,
         },
         // Weights are biased to unsigned (q + 128), so the offset term is -128 sum.
         QuantFormat::Q8 => PanelKind::Simd {
             corr: -128,
             dx_mul: 1.0,
             order: Q8F::ORDER,
+            packed: false,
         },
         _ => PanelKind::Blocks,
     }
@@ -402,8 +407,6 @@ const PACK_ROWS: usize = 16;
 /// Columns per packed register tile: that many independent `vpdpbusd`
 /// chains hide its latency.
 const PACK_COLS: usize = 8;
-/// Batches of at least this many columns run the packed kernel.
-const PACK_MIN_N: usize = 8;
 
 /// Up to 16 rows repacked so that a 32-bit lane is a row: per block, 8
 /// vectors (vector `k` holds codes `4k .. 4k + 4` of every row) and the 16
@@ -454,49 +457,42 @@ impl Packed {
     }
 }
 
-/// Offset, in a panel column, of element `e` of block `b` in `order`
-/// (`e` a multiple of 4: a chunk never splits a dword).
-#[inline(always)]
-const fn pair_offset(order: PairOrder, b: usize, e: usize) -> usize {
-    let ch = order.chunk();
-    (b & !1) * QK + (2 * (e / ch) + b % 2) * ch + e % ch
-}
-
 /// The packed rows times `C` panel columns from `j0`, written to rows
 /// `r0 .. r0 + m` of `out`: per block, each column's activations are
 /// broadcast 4 at a time against the 16 rows' codes (8 `vpdpbusd` into an
 /// accumulator seeded with the block's offset term), then converted and
 /// scaled into one float accumulator per column.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn packed_tile<const C: usize>(
     pk: &Packed,
     nb: usize,
     p: &ActPanel,
-    offs: &[[usize; 8]; 2],
     j0: usize,
     out: &OutTile<'_>,
     r0: usize,
     m: usize,
 ) {
-    // SAFETY: panel reads stay inside its padded columns; the caller owns rows
-    // r0 .. r0 + m of `out`.
+    let n = p.n();
+    let (xt, bt, dt) = (p.xt().as_ptr(), p.bt().as_ptr(), p.dt().as_ptr());
+    // SAFETY: the interleaved panel holds nb * 8 * n values and nb * n seeds
+    // and scales, and j0 + C <= n; the caller owns rows r0 .. r0 + m of `out`.
     unsafe {
         let mut acc = [_mm512_setzero_ps(); C];
         for b in 0..nb {
-            let mut s: [__m512i; C] =
-                std::array::from_fn(|c| _mm512_set1_epi32(*p.bseed(j0 + c).get_unchecked(b)));
+            // The C columns' dwords sit side by side: one pointer per step.
+            let sb = bt.add(b * n + j0);
+            let mut s: [__m512i; C] = std::array::from_fn(|c| _mm512_set1_epi32(*sb.add(c)));
             for k in 0..8 {
                 let wv = _mm512_load_si512(pk.codes.as_ptr().add(b * 8 + k) as *const _);
-                let o = (b & !1) * QK + offs[b % 2][k];
+                let xr = xt.add((b * 8 + k) * n + j0);
                 for c in 0..C {
-                    let x = (p.xs(j0 + c).add(o) as *const i32).read_unaligned();
-                    s[c] = _mm512_dpbusd_epi32(s[c], wv, _mm512_set1_epi32(x));
+                    s[c] = _mm512_dpbusd_epi32(s[c], wv, _mm512_set1_epi32(*xr.add(c)));
                 }
             }
             let ws = *pk.scales.get_unchecked(b);
+            let db = dt.add(b * n + j0);
             for c in 0..C {
-                let k = _mm512_mul_ps(ws, _mm512_set1_ps(*p.dx(j0 + c).get_unchecked(b)));
+                let k = _mm512_mul_ps(ws, _mm512_set1_ps(*db.add(c)));
                 acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[c]), k, acc[c]);
             }
         }
@@ -517,7 +513,6 @@ unsafe fn gemm_packed<F: avx2::Grouped>(
     w: &[u8],
     cols: usize,
     p: &ActPanel,
-    order: PairOrder,
     out: &OutTile<'_>,
     r0: usize,
 ) {
@@ -529,8 +524,6 @@ unsafe fn gemm_packed<F: avx2::Grouped>(
         codes: Vec::new(),
         scales: Vec::new(),
     };
-    let offs: [[usize; 8]; 2] =
-        std::array::from_fn(|b| std::array::from_fn(|k| pair_offset(order, b, 4 * k)));
     // SAFETY: tiles get whole rows inside `w` and columns inside the panel;
     // the caller owns rows r0 .. r0 + rows of `out`.
     unsafe {
@@ -541,16 +534,16 @@ unsafe fn gemm_packed<F: avx2::Grouped>(
             let mut j = 0;
             while j < n {
                 let c = (n - j).min(PACK_COLS);
-                let (o, r1) = (&offs, r0 + r);
+                let r1 = r0 + r;
                 match c {
-                    8 => packed_tile::<8>(&pk, nb, p, o, j, out, r1, m),
-                    7 => packed_tile::<7>(&pk, nb, p, o, j, out, r1, m),
-                    6 => packed_tile::<6>(&pk, nb, p, o, j, out, r1, m),
-                    5 => packed_tile::<5>(&pk, nb, p, o, j, out, r1, m),
-                    4 => packed_tile::<4>(&pk, nb, p, o, j, out, r1, m),
-                    3 => packed_tile::<3>(&pk, nb, p, o, j, out, r1, m),
-                    2 => packed_tile::<2>(&pk, nb, p, o, j, out, r1, m),
-                    _ => packed_tile::<1>(&pk, nb, p, o, j, out, r1, m),
+                    8 => packed_tile::<8>(&pk, nb, p, j, out, r1, m),
+                    7 => packed_tile::<7>(&pk, nb, p, j, out, r1, m),
+                    6 => packed_tile::<6>(&pk, nb, p, j, out, r1, m),
+                    5 => packed_tile::<5>(&pk, nb, p, j, out, r1, m),
+                    4 => packed_tile::<4>(&pk, nb, p, j, out, r1, m),
+                    3 => packed_tile::<3>(&pk, nb, p, j, out, r1, m),
+                    2 => packed_tile::<2>(&pk, nb, p, j, out, r1, m),
+                    _ => packed_tile::<1>(&pk, nb, p, j, out, r1, m),
                 }
                 j += c;
             }
@@ -566,7 +559,7 @@ unsafe fn q2_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: us
     // SAFETY: features checked; contract forwarded.
     unsafe {
         if p.n() >= PACK_MIN_N {
-            gemm_packed::<avx2::Q2F>(w, cols, p, Q2F::ORDER, out, r0)
+            gemm_packed::<avx2::Q2F>(w, cols, p, out, r0)
         } else {
             gemm::<Q2F>(w, cols, p, out, r0)
         }
@@ -580,7 +573,7 @@ unsafe fn q4_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: us
     // SAFETY: features checked; contract forwarded.
     unsafe {
         if p.n() >= PACK_MIN_N {
-            gemm_packed::<avx2::Q4F>(w, cols, p, Q4F::ORDER, out, r0)
+            gemm_packed::<avx2::Q4F>(w, cols, p, out, r0)
         } else {
             gemm::<Q4F>(w, cols, p, out, r0)
         }

@@ -232,8 +232,15 @@ pub(crate) enum PanelKind {
         corr: i32,
         dx_mul: f32,
         order: PairOrder,
+        /// The family runs a packed kernel from [`PACK_MIN_N`] columns up:
+        /// such batches get the column-interleaved layout (`xt`, `bt`, `dt`)
+        /// instead of the per-column one.
+        packed: bool,
     },
 }
+
+/// Batches of at least this many columns run the packed kernels (Q2/Q4).
+pub(crate) const PACK_MIN_N: usize = 8;
 
 /// Order of the 64 int8 values of a pair of blocks `(b, b + 1)`, `b` even, in
 /// an [`ActPanel`]: chunks of `chunk()` bytes alternate between the two blocks,
@@ -305,8 +312,15 @@ pub struct ActPanel {
     pub(crate) gseed: Vec<i32>,
     /// The scales (`d * dx_mul`) in the same layout as `gseed`.
     pub(crate) gdx: Vec<f32>,
-    /// `corr * sum` per (column, block), `n * nb` (SIMD layouts only).
-    pub(crate) bseed: Vec<i32>,
+    /// Packed batches: the int8 values 4 at a time with the columns
+    /// interleaved, dword `(b * 8 + k) * n + j` = values `4k .. 4k + 4` of
+    /// block `b` of column `j`, so a register tile finds its columns' dwords
+    /// side by side.
+    pub(crate) xt: Vec<i32>,
+    /// Packed batches: `corr * sum` at `b * n + j`.
+    pub(crate) bt: Vec<i32>,
+    /// Packed batches: `d * dx_mul` at `b * n + j`.
+    pub(crate) dt: Vec<f32>,
 }
 
 impl ActPanel {
@@ -322,21 +336,54 @@ impl ActPanel {
             seed: Vec::new(),
             gseed: Vec::new(),
             gdx: Vec::new(),
-            bseed: Vec::new(),
+            xt: Vec::new(),
+            bt: Vec::new(),
+            dt: Vec::new(),
         };
         let PanelKind::Simd {
             corr,
             dx_mul,
             order,
+            packed,
         } = kind
         else {
             return p;
         };
+        if packed && n >= PACK_MIN_N && nb > 0 {
+            p.xt = vec![0; n * nb * 8];
+            p.bt = vec![0; n * nb];
+            p.dt = vec![0.0; n * nb];
+            let blocks = &p.blocks;
+            let fill = |(b, ((xt, bt), dt)): (usize, BlockParts<'_>)| {
+                for j in 0..n {
+                    let a = &blocks[j * nb + b];
+                    for (k, q) in a.qs.chunks_exact(4).enumerate() {
+                        xt[k * n + j] =
+                            i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]);
+                    }
+                    bt[j] = corr * a.sum;
+                    dt[j] = a.d * dx_mul;
+                }
+            };
+            if n * nb >= 1 << 10 {
+                p.xt.par_chunks_mut(8 * n)
+                    .zip(p.bt.par_chunks_mut(n))
+                    .zip(p.dt.par_chunks_mut(n))
+                    .enumerate()
+                    .for_each(fill);
+            } else {
+                p.xt.chunks_mut(8 * n)
+                    .zip(p.bt.chunks_mut(n))
+                    .zip(p.dt.chunks_mut(n))
+                    .enumerate()
+                    .for_each(fill);
+            }
+            return p;
+        }
         let ng = nb.div_ceil(8);
         p.xs = vec![0; n * (nb + 1) * QK];
         p.dx = vec![0.0; n * (nb + 16)];
         p.seed = vec![0; n * (nb + 1) * 8];
-        p.bseed = vec![0; n * nb];
         p.gseed = vec![0; n * ng * 8];
         p.gdx = vec![0.0; n * ng * 8];
         if n == 0 || nb == 0 {
@@ -344,8 +391,8 @@ impl ActPanel {
         }
         // Each column's parts are disjoint slices: fill them per column, over
         // rayon for large batches (this runs on every batched call).
-        let fill = |(((((blk, xs), dx), seed), bseed), (gseed, gdx)): ColumnParts<'_>| {
-            fill_column(blk, corr, dx_mul, order, xs, dx, seed, bseed, gseed, gdx)
+        let fill = |((((blk, xs), dx), seed), (gseed, gdx)): ColumnParts<'_>| {
+            fill_column(blk, corr, dx_mul, order, xs, dx, seed, gseed, gdx)
         };
         if n * nb >= 1 << 10 {
             p.blocks
@@ -353,7 +400,6 @@ impl ActPanel {
                 .zip(p.xs.par_chunks_mut((nb + 1) * QK))
                 .zip(p.dx.par_chunks_mut(nb + 16))
                 .zip(p.seed.par_chunks_mut((nb + 1) * 8))
-                .zip(p.bseed.par_chunks_mut(nb))
                 .zip(
                     p.gseed
                         .par_chunks_mut(ng * 8)
@@ -366,7 +412,6 @@ impl ActPanel {
                 .zip(p.xs.chunks_mut((nb + 1) * QK))
                 .zip(p.dx.chunks_mut(nb + 16))
                 .zip(p.seed.chunks_mut((nb + 1) * 8))
-                .zip(p.bseed.chunks_mut(nb))
                 .zip(p.gseed.chunks_mut(ng * 8).zip(p.gdx.chunks_mut(ng * 8)))
                 .for_each(fill);
         }
@@ -400,12 +445,6 @@ impl ActPanel {
         &self.dx[j * (self.nb + 16)..(j + 1) * (self.nb + 16)]
     }
 
-    /// `corr * sum` of each block of column `j` (`nb`).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub(crate) fn bseed(&self, j: usize) -> &[i32] {
-        &self.bseed[j * self.nb..(j + 1) * self.nb]
-    }
-
     /// Grouped seeds of column `j` (`ng * 8`, see `gseed`).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn gseed(&self, j: usize) -> *const i32 {
@@ -420,6 +459,24 @@ impl ActPanel {
         self.gdx[j * ng * 8..].as_ptr()
     }
 
+    /// The column-interleaved values of a packed batch (see `xt`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn xt(&self) -> &[i32] {
+        &self.xt
+    }
+
+    /// The column-interleaved seeds of a packed batch (see `bt`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn bt(&self) -> &[i32] {
+        &self.bt
+    }
+
+    /// The column-interleaved scales of a packed batch (see `dt`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn dt(&self) -> &[f32] {
+        &self.dt
+    }
+
     /// Padded seeds of column `j` (`(nb + 1) * 8`).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn seed(&self, j: usize) -> *const i32 {
@@ -427,13 +484,13 @@ impl ActPanel {
     }
 }
 
+/// The interleaved parts of one block of a packed panel (`xt`, `bt`, `dt`).
+type BlockParts<'a> = ((&'a mut [i32], &'a mut [i32]), &'a mut [f32]);
+
 /// The parts of one panel column, as zipped slices yield them.
 type ColumnParts<'a> = (
     (
-        (
-            ((&'a [Q8ActBlock], &'a mut [i8]), &'a mut [f32]),
-            &'a mut [i32],
-        ),
+        ((&'a [Q8ActBlock], &'a mut [i8]), &'a mut [f32]),
         &'a mut [i32],
     ),
     (&'a mut [i32], &'a mut [f32]),
@@ -450,14 +507,10 @@ fn fill_column(
     xs: &mut [i8],
     dx: &mut [f32],
     seed: &mut [i32],
-    bseed: &mut [i32],
     gseed: &mut [i32],
     gdx: &mut [f32],
 ) {
     let nb = blk.len();
-    for (s, a) in bseed.iter_mut().zip(blk) {
-        *s = corr * a.sum;
-    }
     for (g, (gs, gd)) in gseed.chunks_mut(8).zip(gdx.chunks_mut(8)).enumerate() {
         for (lane, &o) in GROUP_ORDER.iter().enumerate() {
             if let Some(a) = blk.get(8 * g + o) {
