@@ -129,7 +129,7 @@ unsafe fn bytes_to_f32<const SIGNED: bool>(v: __m256i) -> [__m256; 4] {
 
 pub(super) struct Q2F;
 pub(super) struct Q4F;
-struct Q8F;
+pub(super) struct Q8F;
 
 impl Fmt for Q2F {
     fn row_bytes(cols: usize) -> usize {
@@ -223,8 +223,34 @@ impl Fmt for Q8F {
     }
 }
 
+/// A format whose blocks unpack to 32 unsigned codes (Q2, Q4, and Q8 biased
+/// by 128): what the packed kernels transpose.
+pub(super) trait Unpack: Fmt {
+    /// Unsigned codes of block `b` in element order (32 bytes).
+    unsafe fn block(row: *const u8, cols: usize, b: usize) -> __m256i;
+    /// Weight scale of block `b` times the row scale.
+    unsafe fn block_scale(row: *const u8, cols: usize, b: usize) -> f32;
+}
+
+impl Unpack for Q8F {
+    #[inline(always)]
+    unsafe fn block(row: *const u8, cols: usize, b: usize) -> __m256i {
+        // SAFETY: reads the 32 code bytes of block b; q + 128 as unsigned.
+        unsafe {
+            let q = _mm256_loadu_si256(row.add(scales_bytes(cols / QK) + 32 * b) as *const __m256i);
+            _mm256_xor_si256(q, _mm256_set1_epi8(-128))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn block_scale(row: *const u8, cols: usize, b: usize) -> f32 {
+        // SAFETY: forwarded.
+        unsafe { Self::scale(row, cols, b) }
+    }
+}
+
 /// A format that runs in groups of 8 blocks (Q2, Q4).
-pub(super) trait Grouped: Fmt {
+pub(super) trait Grouped: Unpack {
     /// Unsigned codes of blocks `b` and `b + 1` in [`PairOrder::Half`]:
     /// (elements 0..16 of b, of b + 1), (elements 16..32 of b, of b + 1);
     /// block b + 1's halves are zero when `pair` is false.
@@ -232,10 +258,6 @@ pub(super) trait Grouped: Fmt {
     /// Weight scales of blocks `g0 .. g0 + m` (`g0` a multiple of 8, `m <= 8`)
     /// in [`super::GROUP_ORDER`], zeros for blocks past `m`.
     unsafe fn gscales(row: *const u8, cols: usize, g0: usize, m: usize) -> __m256;
-    /// Unsigned codes of block `b` in element order (32 bytes).
-    unsafe fn block(row: *const u8, cols: usize, b: usize) -> __m256i;
-    /// Weight scale of block `b` times the row scale.
-    unsafe fn block_scale(row: *const u8, cols: usize, b: usize) -> f32;
 }
 
 /// Lane `i` set (all ones) where `GROUP_ORDER[i] < m`.
@@ -250,7 +272,7 @@ unsafe fn group_mask(m: usize) -> __m256 {
     }
 }
 
-impl Grouped for Q2F {
+impl Unpack for Q2F {
     #[inline(always)]
     unsafe fn block(row: *const u8, _cols: usize, b: usize) -> __m256i {
         // SAFETY: reads the 8 code bytes of block b.
@@ -267,7 +289,9 @@ impl Grouped for Q2F {
         // SAFETY: forwarded.
         unsafe { Self::row_scale(row) * Self::scale(row, cols, b) }
     }
+}
 
+impl Grouped for Q2F {
     #[inline(always)]
     unsafe fn pair(row: *const u8, _cols: usize, b: usize, pair: bool) -> (__m256i, __m256i) {
         // SAFETY: reads the 8 code bytes of block b (16 of b, b + 1 when `pair`).
@@ -320,7 +344,7 @@ impl Grouped for Q2F {
     }
 }
 
-impl Grouped for Q4F {
+impl Unpack for Q4F {
     #[inline(always)]
     unsafe fn block(row: *const u8, cols: usize, b: usize) -> __m256i {
         // SAFETY: reads the 16 code bytes of block b.
@@ -338,7 +362,9 @@ impl Grouped for Q4F {
         // SAFETY: forwarded.
         unsafe { Self::scale(row, cols, b) }
     }
+}
 
+impl Grouped for Q4F {
     #[inline(always)]
     unsafe fn pair(row: *const u8, cols: usize, b: usize, pair: bool) -> (__m256i, __m256i) {
         // SAFETY: reads the 16 code bytes of block b (32 of b, b + 1 when `pair`).
@@ -542,7 +568,7 @@ pub(super) unsafe fn transpose8(v: &mut [__m256i; 8]) {
 impl Packed {
     /// Pack rows `0 .. m` at `w` (`m <= 8`); lanes `m..` hold zeros.
     #[inline(always)]
-    unsafe fn fill<F: Grouped>(&mut self, w: *const u8, cols: usize, m: usize) {
+    unsafe fn fill<F: Unpack>(&mut self, w: *const u8, cols: usize, m: usize) {
         let nb = cols / QK;
         let rb = F::row_bytes(cols);
         self.codes.clear();

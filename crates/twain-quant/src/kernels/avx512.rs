@@ -76,7 +76,7 @@ fn panel(f: QuantFormat) -> PanelKind {
             corr: -128,
             dx_mul: 1.0,
             order: Q8F::ORDER,
-            packed: false,
+            packed: true,
         },
         _ => PanelKind::Blocks,
     }
@@ -411,7 +411,7 @@ const PACK_COLS: usize = 8;
 /// Up to 16 rows repacked so that a 32-bit lane is a row: per block, 8
 /// vectors (vector `k` holds codes `4k .. 4k + 4` of every row) and the 16
 /// rows' block scales. The AVX2 family's unpacking gives the codes (doubled
-/// for Q2, as this family's panel expects).
+/// for Q2, biased by 128 for Q8, as this family's panel expects).
 struct Packed {
     codes: Vec<__m512i>,
     scales: Vec<__m512>,
@@ -420,7 +420,7 @@ struct Packed {
 impl Packed {
     /// Pack rows `0 .. m` at `w` (`m <= 16`); lanes `m..` hold zeros.
     #[inline(always)]
-    unsafe fn fill<F: avx2::Grouped>(&mut self, w: *const u8, cols: usize, m: usize) {
+    unsafe fn fill<F: avx2::Unpack>(&mut self, w: *const u8, cols: usize, m: usize) {
         let nb = cols / QK;
         let rb = <F as avx2::Fmt>::row_bytes(cols);
         self.codes.clear();
@@ -509,7 +509,7 @@ unsafe fn packed_tile<const C: usize>(
 /// Every row of `w` times every panel column through [`Packed`] tiles of 16
 /// rows and register tiles of 16 rows x `PACK_COLS` columns.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
-unsafe fn gemm_packed<F: avx2::Grouped>(
+unsafe fn gemm_packed<F: avx2::Unpack>(
     w: &[u8],
     cols: usize,
     p: &ActPanel,
@@ -585,7 +585,13 @@ unsafe fn q4_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: us
 unsafe fn q8_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
     check();
     // SAFETY: features checked; contract forwarded.
-    unsafe { gemm::<Q8F>(w, cols, p, out, r0) }
+    unsafe {
+        if p.n() >= PACK_MIN_N {
+            gemm_packed::<avx2::Q8F>(w, cols, p, out, r0)
+        } else {
+            gemm::<Q8F>(w, cols, p, out, r0)
+        }
+    }
 }
 
 /// Q2 rows against int8 activations.

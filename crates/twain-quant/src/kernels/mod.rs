@@ -17,7 +17,7 @@
 //! (crate-private `*_gemm`): activations are quantized and laid out once per
 //! call ([`ActPanel`]), rows are split into chunks over rayon, and a chunk runs
 //! register tiles. AVX-512: 4 rows x 1 column (matvec), 2 rows x 4 columns
-//! (batches under 8 columns), and from 8 columns up (Q2/Q4) a packed kernel
+//! (batches under 8 columns), and from 8 columns up (Q2/Q4/Q8) a packed kernel
 //! that transposes 16 rows so that each 32-bit lane is a row and runs 8
 //! `vpdpbusd` per block and column against broadcast activations. AVX2:
 //! Q2/Q4 in groups of 8 blocks with 3 rows x 1 column (matvec) or 1 row x 4
