@@ -783,7 +783,7 @@ fn synthetic_model(
             if save.is_some() {
                 return Err("--save goes with --synthetic afm or afm-unshared".into());
             }
-            twain_io::load_model(path).map_err(|e| format!("{path}: {e}"))?
+            twain_io::load_model(path).map_err(|e| e.to_string())?
         }
         other => {
             return Err(format!(
