@@ -809,22 +809,11 @@ fn linear(
     obs: &mut Option<Observer<'_>>,
     delta: Option<&dyn LinearDelta>,
 ) -> Result<(), CoreError> {
-    let cols = w.shape().get(1).copied().unwrap_or(x.len());
-    if let Some(o) = obs {
-        o(w.name(), x, cols);
-    }
-    matmul(&w.matrix()?, x, y, Parallelism::Rayon)?;
-    if let Some(d) = delta {
-        d.apply(w.name(), x, x.len() / cols.max(1), y)
-            .map_err(|problem| CoreError::Tensor {
-                name: w.name().to_string(),
-                problem: format!("adapter: {problem}"),
-            })?;
-    }
-    Ok(())
+    linear_many(&[w], x, &mut [y], obs, delta)
 }
 
-/// [`linear`] for several tensors over one input (see [`matmul_many`]).
+/// `y_i = x W_i^T` for tensors over one input (see [`matmul_many`]), with
+/// the observer told of each input and the adapter's delta added.
 fn linear_many(
     ws: &[&Tensor],
     x: &[f32],

@@ -143,20 +143,17 @@ pub fn attend_causal16(
     out_stride: usize,
     scratch: &mut Vec<f32>,
 ) {
-    let m = limits.len();
-    assert!(m <= 16, "attend_causal16: {m} queries (at most 16)");
-    if m == 0 {
+    if !check_attend(
+        q.len(),
+        q_stride,
+        k.len().min(v.len()),
+        d,
+        limits,
+        out.len(),
+        out_stride,
+    ) {
         return;
     }
-    let t_max = limits.iter().copied().max().unwrap_or(0);
-    assert!(
-        q.len() >= (m - 1) * q_stride + d && out.len() >= (m - 1) * out_stride + d,
-        "attend_causal16: queries or outputs too short"
-    );
-    assert!(
-        k.len() >= t_max * d && v.len() >= t_max * d,
-        "attend_causal16: keys or values too short"
-    );
     #[cfg(target_arch = "x86_64")]
     if d.is_multiple_of(16) && avx512() {
         // SAFETY: AVX-512F checked at run time; bounds asserted above.
@@ -190,16 +187,14 @@ pub fn attend_causal16_avx2(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if d.is_multiple_of(8) && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        let m = limits.len();
-        let t_max = limits.iter().copied().max().unwrap_or(0);
-        assert!(m <= 16, "attend_causal16: {m} queries (at most 16)");
-        assert!(
-            m == 0 || (q.len() >= (m - 1) * q_stride + d && out.len() >= (m - 1) * out_stride + d),
-            "attend_causal16: queries or outputs too short"
-        );
-        assert!(
-            k.len() >= t_max * d && v.len() >= t_max * d,
-            "attend_causal16: keys or values too short"
+        check_attend(
+            q.len(),
+            q_stride,
+            k.len().min(v.len()),
+            d,
+            limits,
+            out.len(),
+            out_stride,
         );
         // Two blocks of 8 queries, one per 8-lane pass.
         for (h, lim) in limits.chunks(8).enumerate() {
@@ -236,6 +231,35 @@ pub fn attend_causal16_is_simd(d: usize) -> bool {
     }
     let _ = d;
     false
+}
+
+/// The slice-length contract of [`attend_causal16`] (lengths of the queries,
+/// of the shorter of keys and values, and of the outputs): panics on a
+/// breach; false when there is no query.
+fn check_attend(
+    q_len: usize,
+    q_stride: usize,
+    kv_len: usize,
+    d: usize,
+    limits: &[usize],
+    out_len: usize,
+    out_stride: usize,
+) -> bool {
+    let m = limits.len();
+    assert!(m <= 16, "attend_causal16: {m} queries (at most 16)");
+    if m == 0 {
+        return false;
+    }
+    let t_max = limits.iter().copied().max().unwrap_or(0);
+    assert!(
+        q_len >= (m - 1) * q_stride + d && out_len >= (m - 1) * out_stride + d,
+        "attend_causal16: queries or outputs too short"
+    );
+    assert!(
+        kv_len >= t_max * d,
+        "attend_causal16: keys or values too short"
+    );
+    true
 }
 
 /// Scalar reference of [`attend_causal16`].
@@ -535,6 +559,53 @@ mod x86 {
         }
     }
 
+    /// Scratch for `L` queries in lanes: the queries transposed (`d x L`,
+    /// zeros past the last), room for the outputs transposed (`d x L`) and
+    /// for the scores (`t_max x L`), and the limits as lanes (0 past the last).
+    #[allow(clippy::type_complexity)]
+    fn lanes_in<'s, const L: usize>(
+        q: &[f32],
+        q_stride: usize,
+        d: usize,
+        limits: &[usize],
+        scratch: &'s mut Vec<f32>,
+    ) -> (&'s mut [f32], &'s mut [f32], &'s mut [f32], [i32; L]) {
+        let t_max = limits.iter().copied().max().unwrap_or(0);
+        scratch.clear();
+        scratch.resize(2 * d * L + t_max * L, 0.0);
+        let (qt, rest) = scratch.split_at_mut(d * L);
+        let (ot, s) = rest.split_at_mut(d * L);
+        for i in 0..limits.len() {
+            for (e, &x) in q[i * q_stride..i * q_stride + d].iter().enumerate() {
+                qt[e * L + i] = x;
+            }
+        }
+        let mut lim = [0i32; L];
+        for (l, &x) in lim.iter_mut().zip(limits) {
+            *l = x as i32;
+        }
+        (qt, ot, s, lim)
+    }
+
+    /// The first `m` lanes of the transposed outputs `ot` (`d x L`) back into
+    /// rows of `out`.
+    fn lanes_out<const L: usize>(
+        ot: &[f32],
+        d: usize,
+        m: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        for i in 0..m {
+            for (e, o) in out[i * out_stride..i * out_stride + d]
+                .iter_mut()
+                .enumerate()
+            {
+                *o = ot[e * L + i];
+            }
+        }
+    }
+
     /// [`exp8`] on 16 lanes.
     #[inline(always)]
     unsafe fn exp16(x: __m512) -> __m512 {
@@ -595,23 +666,8 @@ mod x86 {
         out_stride: usize,
         scratch: &mut Vec<f32>,
     ) {
-        let m = limits.len();
         let t_max = limits.iter().copied().max().unwrap_or(0);
-        // Scratch: queries transposed (d x 16), outputs transposed (d x 16),
-        // scores (t_max x 16, one lane per query).
-        scratch.clear();
-        scratch.resize(2 * d * 16 + t_max * 16, 0.0);
-        let (qt, rest) = scratch.split_at_mut(d * 16);
-        let (ot, s) = rest.split_at_mut(d * 16);
-        for i in 0..m {
-            for (e, &x) in q[i * q_stride..i * q_stride + d].iter().enumerate() {
-                qt[e * 16 + i] = x;
-            }
-        }
-        let mut lim = [0i32; 16];
-        for (l, &x) in lim.iter_mut().zip(limits) {
-            *l = x as i32;
-        }
+        let (qt, ot, s, lim) = lanes_in::<16>(q, q_stride, d, limits, scratch);
         // SAFETY (whole body): k and v hold t_max * d values (asserted by the
         // caller), qt and ot d * 16, s t_max * 16; every access below stays inside.
         unsafe {
@@ -666,14 +722,7 @@ mod x86 {
                 e0 += 16;
             }
         }
-        for i in 0..m {
-            for (e, o) in out[i * out_stride..i * out_stride + d]
-                .iter_mut()
-                .enumerate()
-            {
-                *o = ot[e * 16 + i];
-            }
-        }
+        lanes_out::<16>(ot, d, limits.len(), out, out_stride);
     }
 
     /// [`scores`] on 8 lanes.
@@ -711,21 +760,8 @@ mod x86 {
         out_stride: usize,
         scratch: &mut Vec<f32>,
     ) {
-        let m = limits.len();
         let t_max = limits.iter().copied().max().unwrap_or(0);
-        scratch.clear();
-        scratch.resize(2 * d * 8 + t_max * 8, 0.0);
-        let (qt, rest) = scratch.split_at_mut(d * 8);
-        let (ot, s) = rest.split_at_mut(d * 8);
-        for i in 0..m {
-            for (e, &x) in q[i * q_stride..i * q_stride + d].iter().enumerate() {
-                qt[e * 8 + i] = x;
-            }
-        }
-        let mut lim = [0i32; 8];
-        for (l, &x) in lim.iter_mut().zip(limits) {
-            *l = x as i32;
-        }
+        let (qt, ot, s, lim) = lanes_in::<8>(q, q_stride, d, limits, scratch);
         // SAFETY (whole body): k and v hold t_max * d values (asserted by the
         // caller), qt and ot d * 8, s t_max * 8; every access below stays inside.
         unsafe {
@@ -778,14 +814,7 @@ mod x86 {
                 e0 += 8;
             }
         }
-        for i in 0..m {
-            for (e, o) in out[i * out_stride..i * out_stride + d]
-                .iter_mut()
-                .enumerate()
-            {
-                *o = ot[e * 8 + i];
-            }
-        }
+        lanes_out::<8>(ot, d, limits.len(), out, out_stride);
     }
 
     #[target_feature(enable = "avx2,fma")]

@@ -162,21 +162,31 @@ pub fn matmul_many_with(
         }
         return Ok(());
     };
-    let acts = quantize_activations(k, x, cols)?;
-    // One panel per distinct layout (usually one).
-    let mut panels: Vec<(kernels::PanelKind, ActPanel)> = Vec::new();
-    let mut which = Vec::with_capacity(ws.len());
-    for w in ws {
-        let kind = (k.panel)(w.format());
-        let i = match panels.iter().position(|(p, _)| *p == kind) {
-            Some(i) => i,
-            None => {
-                panels.push((kind, ActPanel::new(acts.clone(), cols / QK, kind)));
-                panels.len() - 1
-            }
-        };
-        which.push(i);
-    }
+    // One panel per distinct layout (usually one; the last takes the blocks).
+    let mut kinds: Vec<kernels::PanelKind> = Vec::new();
+    let which: Vec<usize> = ws
+        .iter()
+        .map(|w| {
+            let kind = (k.panel)(w.format());
+            kinds.iter().position(|p| *p == kind).unwrap_or_else(|| {
+                kinds.push(kind);
+                kinds.len() - 1
+            })
+        })
+        .collect();
+    let mut acts = Some(quantize_activations(k, x, cols)?);
+    let panels: Vec<ActPanel> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, &kind)| {
+            let blocks = if i + 1 == kinds.len() {
+                acts.take().unwrap_or_default()
+            } else {
+                acts.clone().unwrap_or_default()
+            };
+            ActPanel::new(blocks, cols / QK, kind)
+        })
+        .collect();
     let outs: Vec<OutTile<'_>> = ys
         .iter_mut()
         .zip(ws)
@@ -206,7 +216,7 @@ pub fn matmul_many_with(
         }
     }
     let exec = |&(i, r0, r1): &(usize, usize, usize)| {
-        let (w, panel) = (&ws[i], &panels[which[i]].1);
+        let (w, panel) = (&ws[i], &panels[which[i]]);
         let (data, rb) = (w.data(), w.row_bytes());
         let mut t0 = r0;
         while t0 < r1 {
@@ -297,6 +307,10 @@ fn run(
         ActMode::Int8 => int8_gemm(k, fmt),
         ActMode::F32 => None,
     };
+    if gemm.is_some() && n > 1 {
+        // Batches of the quantized formats: one code path for one or many matrices.
+        return matmul_many_with(k, std::slice::from_ref(w), x, &mut [y], par);
+    }
     // One column streams the weights through the per-row dot kernels; batches
     // use the register-tiled float kernels where the family has them.
     let float_gemm = match fmt {
