@@ -68,12 +68,14 @@ fn panel(f: QuantFormat) -> PanelKind {
             dx_mul: 0.5,
             order: PairOrder::Half,
             packed: true,
+            lanes: None,
         },
         QuantFormat::Q4 => PanelKind::Simd {
             corr: -8,
             dx_mul: 1.0,
             order: PairOrder::Half,
             packed: true,
+            lanes: None,
         },
         // Signed x signed via the sign trick: no offset term.
         QuantFormat::Q8 => PanelKind::Simd {
@@ -81,6 +83,7 @@ fn panel(f: QuantFormat) -> PanelKind {
             dx_mul: 1.0,
             order: PairOrder::Natural,
             packed: false,
+            lanes: None,
         },
         _ => PanelKind::Blocks,
     }
@@ -707,11 +710,11 @@ unsafe fn ggemm<F: Grouped>(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'
             let ahead = PREFETCH_ROWS * rb;
             let mut r = 0;
             while r + GEMV_ROWS <= rows {
-                let next = base.add((r + GEMV_ROWS) * rb + ahead);
-                let mut q = base.add(r * rb + ahead);
+                let next = base.wrapping_add((r + GEMV_ROWS) * rb + ahead);
+                let mut q = base.wrapping_add(r * rb + ahead);
                 while q < next && q < end {
                     _mm_prefetch::<_MM_HINT_T0>(q as *const i8);
-                    q = q.add(64);
+                    q = q.wrapping_add(64);
                 }
                 gtile::<F, GEMV_ROWS, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
                 r += GEMV_ROWS;
@@ -831,11 +834,11 @@ unsafe fn gemm_q8(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: us
             let ahead = PREFETCH_ROWS * rb;
             let mut r = 0;
             while r + 4 <= rows {
-                let next = base.add((r + 4) * rb + ahead);
-                let mut q = base.add(r * rb + ahead);
+                let next = base.wrapping_add((r + 4) * rb + ahead);
+                let mut q = base.wrapping_add(r * rb + ahead);
                 while q < next && q < end {
                     _mm_prefetch::<_MM_HINT_T0>(q as *const i8);
-                    q = q.add(64);
+                    q = q.wrapping_add(64);
                 }
                 tile::<4, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
                 r += 4;

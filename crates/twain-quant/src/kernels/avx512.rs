@@ -64,12 +64,14 @@ fn panel(f: QuantFormat) -> PanelKind {
             dx_mul: 0.5,
             order: Q2F::ORDER,
             packed: true,
+            lanes: lanes_supported().then_some(Q2F::LANES),
         },
         QuantFormat::Q4 => PanelKind::Simd {
             corr: -8,
             dx_mul: 1.0,
             order: Q4F::ORDER,
             packed: true,
+            lanes: lanes_supported().then_some(Q4F::LANES),
         },
         // Weights are biased to unsigned (q + 128), so the offset term is -128 sum.
         QuantFormat::Q8 => PanelKind::Simd {
@@ -77,6 +79,7 @@ fn panel(f: QuantFormat) -> PanelKind {
             dx_mul: 1.0,
             order: Q8F::ORDER,
             packed: true,
+            lanes: None,
         },
         _ => PanelKind::Blocks,
     }
@@ -258,22 +261,22 @@ unsafe fn reduce4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
     _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s))
 }
 
-/// `R` rows (at `w`, `F::row_bytes` apart) times `C` panel columns from `j0`:
-/// per pair of blocks, each row's codes are unpacked once and used for every
-/// column; each (row, column) keeps one f32 accumulator.
+/// `R` rows (at `w`, `F::row_bytes` apart) times `C` panel columns from `j0`,
+/// blocks `b0 ..` (`b0` a multiple of 16): per pair of blocks, each row's
+/// codes are unpacked once and used for every column; each (row, column)
+/// keeps one f32 accumulator, returned before the row scale.
 #[inline(always)]
-unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
+unsafe fn pair_acc<F: Fmt, const R: usize, const C: usize>(
     w: *const u8,
     cols: usize,
     p: &ActPanel,
     j0: usize,
-    out: &OutTile<'_>,
-    r0: usize,
-) {
+    b0: usize,
+) -> [[__m512; C]; R] {
     let nb = cols / QK;
     let rb = F::row_bytes(cols);
-    // SAFETY: rows are whole rows of the matrix (caller); panel reads stay in its
-    // padded columns; the caller owns rows r0 .. r0 + R of `out`.
+    // SAFETY: rows are whole rows of the matrix (caller); panel reads stay in
+    // its padded columns.
     unsafe {
         let row = |r: usize| w.add(r * rb);
         let lane_blocks = F::ORDER.lane_blocks();
@@ -281,7 +284,7 @@ unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
         let two = _mm512_set1_epi32(2);
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         let mut kd = [[_mm512_setzero_ps(); C]; R];
-        let mut g0 = 0;
+        let mut g0 = b0;
         while g0 < nb {
             let m = (nb - g0).min(16);
             for (r, kd) in kd.iter_mut().enumerate() {
@@ -314,22 +317,62 @@ unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
             }
             g0 = end;
         }
-        if R == 4 && C == 1 {
+        acc
+    }
+}
+
+/// Write the sums of `R` rows' accumulators (times the row scales) to column
+/// `j` of `out`, rows `r0 ..`.
+#[inline(always)]
+unsafe fn put_rows<F: Fmt, const R: usize>(
+    acc: [__m512; R],
+    w: *const u8,
+    cols: usize,
+    out: &OutTile<'_>,
+    j: usize,
+    r0: usize,
+) {
+    let rb = F::row_bytes(cols);
+    // SAFETY: `w` holds R whole rows (caller), who owns rows r0 .. r0 + R of `out`.
+    unsafe {
+        if R == 4 {
             let mut v = [0.0f32; 4];
             _mm_storeu_ps(
                 v.as_mut_ptr(),
-                reduce4(acc[0][0], acc[1][0], acc[2][0], acc[3][0]),
+                reduce4(acc[0], acc[1 % R], acc[2 % R], acc[3 % R]),
             );
             for (r, v) in v.iter().enumerate() {
-                out.put(j0, r0 + r, F::row_scale(row(r)) * v);
+                out.put(j, r0 + r, F::row_scale(w.add(r * rb)) * v);
             }
             return;
         }
         for r in 0..R {
-            let d = F::row_scale(row(r));
-            for c in 0..C {
-                out.put(j0 + c, r0 + r, d * _mm512_reduce_add_ps(acc[r][c]));
-            }
+            out.put(
+                j,
+                r0 + r,
+                F::row_scale(w.add(r * rb)) * _mm512_reduce_add_ps(acc[r]),
+            );
+        }
+    }
+}
+
+/// `R` rows (at `w`, `F::row_bytes` apart) times `C` panel columns from `j0`
+/// (see `pair_acc`), written to `out`.
+#[inline(always)]
+unsafe fn tile<F: Fmt, const R: usize, const C: usize>(
+    w: *const u8,
+    cols: usize,
+    p: &ActPanel,
+    j0: usize,
+    out: &OutTile<'_>,
+    r0: usize,
+) {
+    // SAFETY: forwarded (rows, panel columns and output rows from the caller).
+    unsafe {
+        let acc = pair_acc::<F, R, C>(w, cols, p, j0, 0);
+        for c in 0..C {
+            let col: [__m512; R] = std::array::from_fn(|r| acc[r][c]);
+            put_rows::<F, R>(col, w, cols, out, j0 + c, r0);
         }
     }
 }
@@ -357,11 +400,11 @@ unsafe fn gemm<F: Fmt>(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r
             let ahead = PREFETCH_ROWS * rb;
             let mut r = 0;
             while r + 4 <= rows {
-                let next = base.add((r + 4) * rb + ahead);
-                let mut q = base.add(r * rb + ahead);
+                let next = base.wrapping_add((r + 4) * rb + ahead);
+                let mut q = base.wrapping_add(r * rb + ahead);
                 while q < next && q < end {
                     _mm_prefetch::<_MM_HINT_T0>(q as *const i8);
-                    q = q.add(64);
+                    q = q.wrapping_add(64);
                 }
                 tile::<F, 4, 1>(base.add(r * rb), cols, p, 0, out, r0 + r);
                 r += 4;
@@ -552,6 +595,277 @@ unsafe fn gemm_packed<F: avx2::Unpack>(
     }
 }
 
+/// A format whose single-vector kernel puts one block per int32 lane.
+trait LaneFmt: Fmt {
+    /// First element (of 4) of each of the 8 code vectors `lane_codes`
+    /// returns, for the panel's lane layout.
+    const LANES: [u8; 8];
+    /// The unsigned codes of blocks `g0 .. g0 + 16` (inside the row) as 8
+    /// vectors: lane `l` of vector `v` holds elements `LANES[v] .. LANES[v] + 4`
+    /// of block `g0 + l`.
+    unsafe fn lane_codes(row: *const u8, cols: usize, g0: usize) -> [__m512i; 8];
+    /// Weight scales of blocks `g0 .. g0 + 16` (inside the row), lane `l` = block `g0 + l`.
+    unsafe fn lane_scales(row: *const u8, cols: usize, g0: usize) -> __m512;
+}
+
+/// Whether the single-vector lane kernels can run: they also use GFNI
+/// (`gf2p8affineqb` extracts bit fields) and VBMI (`vpmultishiftqb`).
+fn lanes_supported() -> bool {
+    std::is_x86_feature_detected!("gfni") && std::is_x86_feature_detected!("avx512vbmi")
+}
+
+/// A `gf2p8affineqb` matrix that moves bit `from + i` of every byte to bit
+/// `to + i`, for `i < len`, and clears the other bits.
+const fn bit_field(from: u32, to: u32, len: u32) -> i64 {
+    let mut m = 0u64;
+    let mut i = 0;
+    while i < len {
+        // Result bit j is the parity of (matrix byte 7 - j) & input byte.
+        m |= (1u64 << (from + i)) << (8 * (7 - (to + i)));
+        i += 1;
+    }
+    m as i64
+}
+
+/// `permutex2var` indices: dword `2l + odd` of the 32 dwords of (a, b).
+const EVEN_ODD: [[i32; 16]; 2] = {
+    let mut t = [[0i32; 16]; 2];
+    let mut l = 0;
+    while l < 16 {
+        t[0][l] = 2 * l as i32;
+        t[1][l] = 2 * l as i32 + 1;
+        l += 1;
+    }
+    t
+};
+
+impl LaneFmt for Q2F {
+    // Bit pair k of byte j is element j + 8k: the low dword of a block
+    // (bytes 0..4) gives elements 8k .. 8k + 4, the high one 8k + 4 ...
+    const LANES: [u8; 8] = [0, 8, 16, 24, 4, 12, 20, 28];
+
+    #[inline(always)]
+    unsafe fn lane_codes(row: *const u8, _cols: usize, g0: usize) -> [__m512i; 8] {
+        // SAFETY: reads the 8 code bytes of each of blocks g0 .. g0 + 16.
+        unsafe {
+            let p = row.add(Q2_ROW_HEADER + 8 * g0);
+            let a = _mm512_loadu_si512(p as *const _);
+            let b = _mm512_loadu_si512(p.add(64) as *const _);
+            let lo = _mm512_permutex2var_epi32(
+                a,
+                _mm512_loadu_si512(EVEN_ODD[0].as_ptr() as *const _),
+                b,
+            );
+            let hi = _mm512_permutex2var_epi32(
+                a,
+                _mm512_loadu_si512(EVEN_ODD[1].as_ptr() as *const _),
+                b,
+            );
+            // Doubled codes 2c: bit pair k moved to bits 1-2 of its byte.
+            let k = |k: u32| _mm512_set1_epi64(bit_field(2 * k, 1, 2));
+            let f = |v: __m512i, k: __m512i| _mm512_gf2p8affine_epi64_epi8::<0>(v, k);
+            [
+                f(lo, k(0)),
+                f(lo, k(1)),
+                f(lo, k(2)),
+                f(lo, k(3)),
+                f(hi, k(0)),
+                f(hi, k(1)),
+                f(hi, k(2)),
+                f(hi, k(3)),
+            ]
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn lane_scales(row: *const u8, cols: usize, g0: usize) -> __m512 {
+        let s0 = q2_row_layout(cols).1;
+        // SAFETY: reads the 8 sub-scale bytes of blocks g0 .. g0 + 16.
+        unsafe {
+            let v = _mm512_set1_epi64((row.add(s0 + g0 / 2) as *const i64).read_unaligned());
+            // Dword lane l: the 8 bits from bit 4l, then its low nibble.
+            let ctrl = _mm512_loadu_si512(NIBBLE_CTRL.as_ptr() as *const _);
+            let k = _mm512_and_si512(_mm512_multishift_epi64_epi8(ctrl, v), _mm512_set1_epi32(15));
+            _mm512_cvtepi32_ps(k)
+        }
+    }
+}
+
+/// `vpmultishiftqb` control: byte 0 of dword lane `l` takes the 8 bits from bit `4 l`.
+const NIBBLE_CTRL: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut l = 0;
+    while l < 16 {
+        t[4 * l] = 4 * l as u8;
+        l += 1;
+    }
+    t
+};
+
+/// `permutex2var` indices of the Q4 16 x 4 dword transpose (see `Q4F::lane_codes`).
+const Q4_T: [[i32; 16]; 4] = {
+    let mut t = [[0i32; 16]; 4];
+    let mut l = 0;
+    while l < 16 {
+        // Stage 1 (dwords dw0 and dw0 + 1 of 8 blocks from two loads of 4):
+        // lane l = dword dw0 + l / 8 of block l % 8.
+        let blk = l % 8;
+        let src = (blk / 4) * 16 + (blk % 4) * 4 + l / 8;
+        t[0][l] = src as i32;
+        t[1][l] = src as i32 + 2;
+        // Stage 2 (dword d of 16 blocks from two stage-1 vectors).
+        t[2][l] = if l < 8 { l } else { 16 + l - 8 } as i32;
+        t[3][l] = t[2][l] + 8;
+        l += 1;
+    }
+    t
+};
+
+impl LaneFmt for Q4F {
+    // Dword d of a block's 16 bytes: low nibbles are elements 4d .. 4d + 4,
+    // high nibbles 16 + 4d ...
+    const LANES: [u8; 8] = [0, 4, 8, 12, 16, 20, 24, 28];
+
+    #[inline(always)]
+    unsafe fn lane_codes(row: *const u8, cols: usize, g0: usize) -> [__m512i; 8] {
+        // SAFETY: reads the 16 code bytes of each of blocks g0 .. g0 + 16.
+        unsafe {
+            let p = row.add(scales_bytes(cols / QK) + 16 * g0);
+            let ld = |j: usize| _mm512_loadu_si512(p.add(64 * j) as *const _);
+            let (v0, v1, v2, v3) = (ld(0), ld(1), ld(2), ld(3));
+            let idx = |i: usize| _mm512_loadu_si512(Q4_T[i].as_ptr() as *const _);
+            let p0 = _mm512_permutex2var_epi32(v0, idx(0), v1);
+            let p1 = _mm512_permutex2var_epi32(v0, idx(1), v1);
+            let q0 = _mm512_permutex2var_epi32(v2, idx(0), v3);
+            let q1 = _mm512_permutex2var_epi32(v2, idx(1), v3);
+            let w = [
+                _mm512_permutex2var_epi32(p0, idx(2), q0),
+                _mm512_permutex2var_epi32(p0, idx(3), q0),
+                _mm512_permutex2var_epi32(p1, idx(2), q1),
+                _mm512_permutex2var_epi32(p1, idx(3), q1),
+            ];
+            let f = _mm512_set1_epi8(0x0f);
+            let high = _mm512_set1_epi64(bit_field(4, 0, 4));
+            let h = |v: __m512i| _mm512_gf2p8affine_epi64_epi8::<0>(v, high);
+            [
+                _mm512_and_si512(w[0], f),
+                _mm512_and_si512(w[1], f),
+                _mm512_and_si512(w[2], f),
+                _mm512_and_si512(w[3], f),
+                h(w[0]),
+                h(w[1]),
+                h(w[2]),
+                h(w[3]),
+            ]
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn lane_scales(row: *const u8, _cols: usize, g0: usize) -> __m512 {
+        // SAFETY: forwarded.
+        unsafe { row_scales(row, g0, 16) }
+    }
+}
+
+/// `R` rows (at `w`, `F::row_bytes` apart) times the single column of a
+/// lane-layout panel: per whole group of 16 blocks and row, 8 `vpdpbusd`
+/// into one int32 vector whose lanes are the 16 blocks, then one convert and
+/// one FMA with the blocks' weight x activation scales; the blocks after the
+/// last whole group go through `pair_acc`. The cache lines in `prefetch`
+/// (a range of addresses: rows further on) are touched a few per group, so
+/// that the hints spread over the arithmetic (issued all at once, they
+/// stall on the line-fill buffers: 24 against 29 tokens/s decoding the AFM
+/// shape).
+#[inline(always)]
+unsafe fn lane_tile<F: LaneFmt, const R: usize>(
+    w: *const u8,
+    cols: usize,
+    p: &ActPanel,
+    out: &OutTile<'_>,
+    r0: usize,
+    prefetch: (usize, usize),
+) {
+    let nb = cols / QK;
+    let full = nb / 16;
+    // Lines of `prefetch` (addresses) to touch per group.
+    let step = (prefetch.1 - prefetch.0)
+        .div_ceil(full.max(1))
+        .next_multiple_of(64);
+    let mut pf = prefetch.0;
+    let rb = F::row_bytes(cols);
+    let (xl, sl, dl) = p.lanes();
+    assert!(xl.len() >= full * 128 && sl.len() >= full * 16 && dl.len() >= full * 16);
+    // SAFETY: rows are whole rows of the matrix (caller); the panel holds
+    // `full` whole groups (checked); the caller owns rows r0 .. r0 + R of `out`.
+    unsafe {
+        let row = |r: usize| w.add(r * rb);
+        let mut acc = if full * 16 < nb {
+            let a = pair_acc::<F, R, 1>(w, cols, p, 0, full * 16);
+            std::array::from_fn(|r| a[r][0])
+        } else {
+            [_mm512_setzero_ps(); R]
+        };
+        for g in 0..full {
+            let stop = (pf + step).min(prefetch.1);
+            while pf < stop {
+                _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+                pf += 64;
+            }
+            let x = xl.as_ptr().add(g * 128);
+            let seed = _mm512_loadu_si512(sl.as_ptr().add(g * 16) as *const _);
+            let dx = _mm512_loadu_ps(dl.as_ptr().add(g * 16));
+            for r in 0..R {
+                let u = F::lane_codes(row(r), cols, g * 16);
+                let mut s = seed;
+                for (v, u) in u.iter().enumerate() {
+                    s = _mm512_dpbusd_epi32(s, *u, _mm512_loadu_si512(x.add(16 * v) as *const _));
+                }
+                let k = _mm512_mul_ps(F::lane_scales(row(r), cols, g * 16), dx);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), k, acc[r]);
+            }
+        }
+        // Rows without a whole group (or rounding) leave lines to touch.
+        while pf < prefetch.1 {
+            _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+            pf += 64;
+        }
+        put_rows::<F, R>(acc, w, cols, out, 0, r0);
+    }
+}
+
+/// Every row of `w` times the single column of a lane-layout panel, 4 rows
+/// at a time, prefetching `PREFETCH_ROWS` rows ahead.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni,avx2,f16c")]
+unsafe fn gemv_lanes<F: LaneFmt>(
+    w: &[u8],
+    cols: usize,
+    p: &ActPanel,
+    out: &OutTile<'_>,
+    r0: usize,
+) {
+    let rb = F::row_bytes(cols);
+    let rows = w.len() / rb;
+    let base = w.as_ptr();
+    // SAFETY: every tile gets whole rows inside `w`; prefetches are hints
+    // inside `w`; the caller owns rows r0 .. r0 + rows of `out`.
+    unsafe {
+        let end = base.add(rows * rb) as usize;
+        let ahead = PREFETCH_ROWS * rb;
+        let mut r = 0;
+        while r + 4 <= rows {
+            // The rows PREFETCH_ROWS ahead, spread over the tile's groups.
+            let from = base as usize + r * rb + ahead;
+            let pf = (from.min(end), (from + 4 * rb).min(end));
+            lane_tile::<F, 4>(base.add(r * rb), cols, p, out, r0 + r, pf);
+            r += 4;
+        }
+        while r < rows {
+            lane_tile::<F, 1>(base.add(r * rb), cols, p, out, r0 + r, (0, 0));
+            r += 1;
+        }
+    }
+}
+
 /// # Safety
 /// See [`super::GemmFn`]; also requires the CPU features (checked by the table's users).
 unsafe fn q2_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: usize) {
@@ -560,6 +874,8 @@ unsafe fn q2_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: us
     unsafe {
         if p.n() >= PACK_MIN_N {
             gemm_packed::<avx2::Q2F>(w, cols, p, out, r0)
+        } else if p.n() == 1 && !p.lanes().0.is_empty() {
+            gemv_lanes::<Q2F>(w, cols, p, out, r0)
         } else {
             gemm::<Q2F>(w, cols, p, out, r0)
         }
@@ -574,6 +890,8 @@ unsafe fn q4_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: us
     unsafe {
         if p.n() >= PACK_MIN_N {
             gemm_packed::<avx2::Q4F>(w, cols, p, out, r0)
+        } else if p.n() == 1 && !p.lanes().0.is_empty() {
+            gemv_lanes::<Q4F>(w, cols, p, out, r0)
         } else {
             gemm::<Q4F>(w, cols, p, out, r0)
         }

@@ -236,6 +236,13 @@ pub(crate) enum PanelKind {
         /// such batches get the column-interleaved layout (`xt`, `bt`, `dt`)
         /// instead of the per-column one.
         packed: bool,
+        /// The family's single-vector kernel puts one block per int32 lane
+        /// (16 blocks per register): a single column then gets the lane
+        /// layout (`xl`, `sl`, `dl`), in which vector `v` of a group of 16
+        /// blocks holds elements `lanes[v] .. lanes[v] + 4` of every block,
+        /// as well as the per-column one (for the blocks after the last
+        /// whole group).
+        lanes: Option<[u8; 8]>,
     },
 }
 
@@ -321,6 +328,14 @@ pub struct ActPanel {
     pub(crate) bt: Vec<i32>,
     /// Packed batches: `d * dx_mul` at `b * n + j`.
     pub(crate) dt: Vec<f32>,
+    /// Lane layout (one column): per group `g` of 16 blocks, 8 vectors of 16
+    /// dwords; dword `(g * 8 + v) * 16 + l` = elements `lanes[v] ..
+    /// lanes[v] + 4` of block `16 g + l` (zeros past the last block).
+    pub(crate) xl: Vec<i32>,
+    /// Lane layout: `corr * sum` of block `16 g + l` at `g * 16 + l`.
+    pub(crate) sl: Vec<i32>,
+    /// Lane layout: `d * dx_mul` of block `16 g + l` at `g * 16 + l`.
+    pub(crate) dl: Vec<f32>,
 }
 
 impl ActPanel {
@@ -339,16 +354,38 @@ impl ActPanel {
             xt: Vec::new(),
             bt: Vec::new(),
             dt: Vec::new(),
+            xl: Vec::new(),
+            sl: Vec::new(),
+            dl: Vec::new(),
         };
         let PanelKind::Simd {
             corr,
             dx_mul,
             order,
             packed,
+            lanes,
         } = kind
         else {
             return p;
         };
+        if let (Some(starts), 1) = (lanes, n) {
+            let ng = nb.div_ceil(16);
+            p.xl = vec![0; ng * 8 * 16];
+            p.sl = vec![0; ng * 16];
+            p.dl = vec![0.0; ng * 16];
+            for (b, a) in p.blocks.iter().enumerate() {
+                let (g, l) = (b / 16, b % 16);
+                for (v, &e) in starts.iter().enumerate() {
+                    let q = &a.qs[e as usize..e as usize + 4];
+                    p.xl[(g * 8 + v) * 16 + l] =
+                        i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]);
+                }
+                p.sl[b] = corr * a.sum;
+                p.dl[b] = a.d * dx_mul;
+            }
+            // The per-column layout below serves the blocks after the last
+            // whole group of 16.
+        }
         if packed && n >= PACK_MIN_N && nb > 0 {
             p.xt = vec![0; n * nb * 8];
             p.bt = vec![0; n * nb];
@@ -475,6 +512,12 @@ impl ActPanel {
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn dt(&self) -> &[f32] {
         &self.dt
+    }
+
+    /// The lane layout's values, seeds and scales (see `xl`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn lanes(&self) -> (&[i32], &[i32], &[f32]) {
+        (&self.xl, &self.sl, &self.dl)
     }
 
     /// Padded seeds of column `j` (`(nb + 1) * 8`).
