@@ -156,7 +156,7 @@ pub fn matmul_many_with(
     }
     let n = x.len() / cols;
     let gemms: Option<Vec<GemmFn>> = ws.iter().map(|w| int8_gemm(k, w.format())).collect();
-    let Some(gemms) = gemms.filter(|_| n > 1) else {
+    let Some(gemms) = gemms else {
         for (w, y) in ws.iter().zip(ys.iter_mut()) {
             run(k, w, x, y, par, ActMode::Int8)?;
         }
@@ -187,6 +187,13 @@ pub fn matmul_many_with(
             ActPanel::new(blocks, cols / QK, kind)
         })
         .collect();
+    if n == 1 {
+        // One vector: each matrix through the matvec path, on the shared panel.
+        for (i, (w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
+            rows(k, w, x, y, par, Some((gemms[i], &panels[which[i]])));
+        }
+        return Ok(());
+    }
     let outs: Vec<OutTile<'_>> = ys
         .iter_mut()
         .zip(ws)
@@ -299,51 +306,56 @@ fn run(
     mode: ActMode,
 ) -> Result<(), QuantError> {
     check_shapes(w, x, y)?;
+    if mode == ActMode::Int8 && int8_gemm(k, w.format()).is_some() {
+        // The quantized formats: one code path for one or many matrices.
+        return matmul_many_with(k, std::slice::from_ref(w), x, &mut [y], par);
+    }
+    self::rows(k, w, x, y, par, None);
+    Ok(())
+}
+
+/// `y = x W^T` on validated shapes, rows split over the threads: through
+/// `quant` (the format's int8 kernel and the activation panel) when given,
+/// else the float kernels (f32/f16, or quantized weights against f32
+/// activations). One column streams the weights through the per-row dot
+/// kernels; batches use the register-tiled float kernels where the family
+/// has them.
+fn rows(
+    k: &Kernels,
+    w: &QMatrixRef<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    par: Parallelism,
+    quant: Option<(GemmFn, &ActPanel)>,
+) {
     let (rows, cols, fmt) = (w.rows(), w.cols(), w.format());
     let n = x.len() / cols;
     let data = w.data();
     let rb = w.row_bytes();
-    let gemm = match mode {
-        ActMode::Int8 => int8_gemm(k, fmt),
-        ActMode::F32 => None,
-    };
-    if gemm.is_some() && n > 1 {
-        // Batches of the quantized formats: one code path for one or many matrices.
-        return matmul_many_with(k, std::slice::from_ref(w), x, &mut [y], par);
-    }
-    // One column streams the weights through the per-row dot kernels; batches
-    // use the register-tiled float kernels where the family has them.
     let float_gemm = match fmt {
         QuantFormat::F32 if n > 1 => k.f32_gemm,
         QuantFormat::F16 if n > 1 => k.f16_gemm,
         _ => None,
-    };
-    let panel = match gemm {
-        Some(_) => Some(ActPanel::new(
-            quantize_activations(k, x, cols)?,
-            cols / QK,
-            (k.panel)(fmt),
-        )),
-        None => None,
     };
     let out = OutTile::new(y, rows, n);
     // Rows per kernel call: a whole chunk for one column; for a batch, tiles
     // whose weights stay in cache while every column passes over them.
     let tile = if n == 1 { rows } else { ROW_TILE };
     let chunk = |r0: usize, r1: usize| {
-        let mut buf = vec![0.0f32; tile.min(r1 - r0)];
+        let mut buf = Vec::new();
         let mut t0 = r0;
         while t0 < r1 {
             let t1 = (t0 + tile).min(r1);
             let wr = &data[t0 * rb..t1 * rb];
-            if let (Some(gemm), Some(panel)) = (gemm, &panel) {
+            if let Some((gemm, panel)) = quant {
                 // SAFETY: this chunk owns rows r0..r1 of `out` (chunks are disjoint).
                 unsafe { gemm(wr, cols, panel, &out, t0) };
             } else if let Some(fg) = float_gemm {
                 // SAFETY: as above.
                 unsafe { fg(wr, cols, x, &out, t0) };
             } else {
-                let o = &mut buf[..t1 - t0];
+                buf.resize(t1 - t0, 0.0);
+                let o = &mut buf[..];
                 for j in 0..n {
                     let xj = &x[j * cols..(j + 1) * cols];
                     match fmt {
@@ -374,7 +386,7 @@ fn run(
     };
     if par == Parallelism::Sequential || work < min_work || threads <= 1 || rows < 2 * 8 {
         chunk(0, rows);
-        return Ok(());
+        return;
     }
     if n == 1 {
         // One vector: one chunk of whole row tiles per thread on the spinning
@@ -386,7 +398,7 @@ fn run(
             chunk(r0, (r0 + per).min(rows));
         };
         if crate::pool::run(threads, rows.div_ceil(per), &run) {
-            return Ok(());
+            return;
         }
     }
     // Whole row tiles of 8.
@@ -396,7 +408,6 @@ fn run(
         let r0 = c * per;
         chunk(r0, (r0 + per).min(rows));
     });
-    Ok(())
 }
 
 #[cfg(test)]

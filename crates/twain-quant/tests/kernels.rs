@@ -118,7 +118,7 @@ fn rows_with_scales(rows: usize, nb: usize, d: &[u16], codes: &[u8]) -> Vec<u8> 
 }
 
 fn shape() -> impl Strategy<Value = (usize, usize)> {
-    (1usize..7, 1usize..40).prop_map(|(r, nb)| (r, nb * QK))
+    (1usize..40, 1usize..40).prop_map(|(r, nb)| (r, nb * QK))
 }
 
 proptest! {

@@ -102,6 +102,8 @@ trait Fmt {
     const ORDER: PairOrder;
     /// Bytes per row.
     fn row_bytes(cols: usize) -> usize;
+    /// Whether rows have a scale (`row_scale` is not always 1).
+    const ROW_SCALED: bool;
     /// Factor applied to the row's sum (Q2: the row scale `d`).
     unsafe fn row_scale(row: *const u8) -> f32;
     /// Weight scales of blocks `g0 .. g0 + m` (m <= 16) in lanes `0..m`, zeros above.
@@ -118,6 +120,7 @@ struct Q8F;
 
 impl Fmt for Q2F {
     const ORDER: PairOrder = PairOrder::Qword;
+    const ROW_SCALED: bool = true;
 
     fn row_bytes(cols: usize) -> usize {
         q2_row_layout(cols).2
@@ -177,6 +180,7 @@ unsafe fn row_scales(row: *const u8, g0: usize, m: usize) -> __m512 {
 
 impl Fmt for Q4F {
     const ORDER: PairOrder = PairOrder::Half;
+    const ROW_SCALED: bool = false;
 
     fn row_bytes(cols: usize) -> usize {
         cols / QK * 18
@@ -214,6 +218,7 @@ impl Fmt for Q4F {
 
 impl Fmt for Q8F {
     const ORDER: PairOrder = PairOrder::Natural;
+    const ROW_SCALED: bool = false;
 
     fn row_bytes(cols: usize) -> usize {
         cols / QK * 34
@@ -781,10 +786,8 @@ unsafe fn lane_tile<F: LaneFmt, const R: usize>(
     w: *const u8,
     cols: usize,
     p: &ActPanel,
-    out: &OutTile<'_>,
-    r0: usize,
     prefetch: (usize, usize),
-) {
+) -> [__m512; R] {
     let nb = cols / QK;
     let full = nb / 16;
     // Lines of `prefetch` (addresses) to touch per group.
@@ -796,7 +799,7 @@ unsafe fn lane_tile<F: LaneFmt, const R: usize>(
     let (xl, sl, dl) = p.lanes();
     assert!(xl.len() >= full * 128 && sl.len() >= full * 16 && dl.len() >= full * 16);
     // SAFETY: rows are whole rows of the matrix (caller); the panel holds
-    // `full` whole groups (checked); the caller owns rows r0 .. r0 + R of `out`.
+    // `full` whole groups (checked); prefetches are hints.
     unsafe {
         let row = |r: usize| w.add(r * rb);
         let mut acc = if full * 16 < nb {
@@ -816,10 +819,15 @@ unsafe fn lane_tile<F: LaneFmt, const R: usize>(
             let dx = _mm512_loadu_ps(dl.as_ptr().add(g * 16));
             for r in 0..R {
                 let u = F::lane_codes(row(r), cols, g * 16);
-                let mut s = seed;
-                for (v, u) in u.iter().enumerate() {
-                    s = _mm512_dpbusd_epi32(s, *u, _mm512_loadu_si512(x.add(16 * v) as *const _));
+                // Two chains of 4 (the latency of 8 in a row shows in cache).
+                let xv = |v: usize| _mm512_loadu_si512(x.add(16 * v) as *const _);
+                let mut s0 = seed;
+                let mut s1 = _mm512_setzero_si512();
+                for v in 0..4 {
+                    s0 = _mm512_dpbusd_epi32(s0, u[v], xv(v));
+                    s1 = _mm512_dpbusd_epi32(s1, u[v + 4], xv(v + 4));
                 }
+                let s = _mm512_add_epi32(s0, s1);
                 let k = _mm512_mul_ps(F::lane_scales(row(r), cols, g * 16), dx);
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), k, acc[r]);
             }
@@ -829,8 +837,37 @@ unsafe fn lane_tile<F: LaneFmt, const R: usize>(
             _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
             pf += 64;
         }
-        put_rows::<F, R>(acc, w, cols, out, 0, r0);
+        acc
     }
+}
+
+/// The lane sums of 16 vectors: lane `i` = sum of `a[i]`.
+#[inline(always)]
+unsafe fn reduce16(a: &[__m512; 16]) -> __m512 {
+    // Pairs, then quads as in `reduce4`: c[i] holds rows 4i .. 4i + 4 in
+    // each 128-bit lane; then the 128-bit lanes are summed across.
+    let b: [__m512; 8] = std::array::from_fn(|i| {
+        let (x, y) = (a[2 * i], a[2 * i + 1]);
+        _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y))
+    });
+    let c: [__m512; 4] = std::array::from_fn(|i| {
+        let (x, y) = (b[2 * i], b[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(x, y),
+            _mm512_shuffle_ps::<0xee>(x, y),
+        )
+    });
+    let e = |x: __m512, y: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(x, y),
+            _mm512_shuffle_f32x4::<0xee>(x, y),
+        )
+    };
+    let (e01, e23) = (e(c[0], c[1]), e(c[2], c[3]));
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x88>(e01, e23),
+        _mm512_shuffle_f32x4::<0xdd>(e01, e23),
+    )
 }
 
 /// Every row of `w` times the single column of a lane-layout panel, 4 rows
@@ -852,15 +889,35 @@ unsafe fn gemv_lanes<F: LaneFmt>(
         let end = base.add(rows * rb) as usize;
         let ahead = PREFETCH_ROWS * rb;
         let mut r = 0;
-        while r + 4 <= rows {
-            // The rows PREFETCH_ROWS ahead, spread over the tile's groups.
-            let from = base as usize + r * rb + ahead;
-            let pf = (from.min(end), (from + 4 * rb).min(end));
-            lane_tile::<F, 4>(base.add(r * rb), cols, p, out, r0 + r, pf);
-            r += 4;
+        // 16 rows per step: four tiles of 4, one reduction of 16 (a
+        // reduction per tile ends each tile in a long dependency chain).
+        while r + 16 <= rows {
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for t in 0..4 {
+                let rt = r + 4 * t;
+                // The rows PREFETCH_ROWS ahead, spread over the tile's groups.
+                let from = base as usize + rt * rb + ahead;
+                let pf = (from.min(end), (from + 4 * rb).min(end));
+                let a = lane_tile::<F, 4>(base.add(rt * rb), cols, p, pf);
+                acc[4 * t..4 * t + 4].copy_from_slice(&a);
+            }
+            let mut v = [0.0f32; 16];
+            let sums = reduce16(&acc);
+            let d = if F::ROW_SCALED {
+                let d: [f32; 16] = std::array::from_fn(|i| F::row_scale(base.add((r + i) * rb)));
+                _mm512_mul_ps(sums, _mm512_loadu_ps(d.as_ptr()))
+            } else {
+                sums
+            };
+            _mm512_storeu_ps(v.as_mut_ptr(), d);
+            out.put_run(0, r0 + r, &v);
+            r += 16;
         }
         while r < rows {
-            lane_tile::<F, 1>(base.add(r * rb), cols, p, out, r0 + r, (0, 0));
+            let from = base as usize + r * rb + ahead;
+            let pf = (from.min(end), (from + rb).min(end));
+            let a = lane_tile::<F, 1>(base.add(r * rb), cols, p, pf);
+            put_rows::<F, 1>(a, base.add(r * rb), cols, out, 0, r0 + r);
             r += 1;
         }
     }

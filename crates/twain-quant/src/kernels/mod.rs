@@ -615,6 +615,19 @@ impl<'a> OutTile<'a> {
         self.n
     }
 
+    /// Write `y[j][r + i] = v[i]` for every `i`.
+    ///
+    /// # Safety
+    /// No other thread writes those elements concurrently.
+    #[inline]
+    pub(crate) unsafe fn put_run(&self, j: usize, r: usize, v: &[f32]) {
+        assert!(j < self.n && r + v.len() <= self.rows);
+        // SAFETY: in bounds (checked); exclusive by the caller's contract.
+        unsafe {
+            std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(j * self.rows + r), v.len())
+        }
+    }
+
     /// Write `y[j][r] = v`.
     ///
     /// # Safety
