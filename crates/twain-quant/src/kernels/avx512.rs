@@ -891,34 +891,42 @@ unsafe fn gemv_lanes<F: LaneFmt>(
         let mut r = 0;
         // 16 rows per step: four tiles of 4, one reduction of 16 (a
         // reduction per tile ends each tile in a long dependency chain).
-        while r + 16 <= rows {
+        // The last rows go one at a time through the same reduction, so a
+        // row's sum does not depend on how the rows were split.
+        while r < rows {
+            let m = (rows - r).min(16);
             let mut acc = [_mm512_setzero_ps(); 16];
-            for t in 0..4 {
-                let rt = r + 4 * t;
-                // The rows PREFETCH_ROWS ahead, spread over the tile's groups.
-                let from = base as usize + rt * rb + ahead;
-                let pf = (from.min(end), (from + 4 * rb).min(end));
-                let a = lane_tile::<F, 4>(base.add(rt * rb), cols, p, pf);
-                acc[4 * t..4 * t + 4].copy_from_slice(&a);
+            if m == 16 {
+                for t in 0..4 {
+                    let rt = r + 4 * t;
+                    // The rows PREFETCH_ROWS ahead, spread over the tile's groups.
+                    let from = base as usize + rt * rb + ahead;
+                    let pf = (from.min(end), (from + 4 * rb).min(end));
+                    let a = lane_tile::<F, 4>(base.add(rt * rb), cols, p, pf);
+                    acc[4 * t..4 * t + 4].copy_from_slice(&a);
+                }
+            } else {
+                for (i, acc) in acc[..m].iter_mut().enumerate() {
+                    [*acc] = lane_tile::<F, 1>(base.add((r + i) * rb), cols, p, (0, 0));
+                }
             }
             let mut v = [0.0f32; 16];
             let sums = reduce16(&acc);
             let d = if F::ROW_SCALED {
-                let d: [f32; 16] = std::array::from_fn(|i| F::row_scale(base.add((r + i) * rb)));
+                let d: [f32; 16] = std::array::from_fn(|i| {
+                    if i < m {
+                        F::row_scale(base.add((r + i) * rb))
+                    } else {
+                        0.0
+                    }
+                });
                 _mm512_mul_ps(sums, _mm512_loadu_ps(d.as_ptr()))
             } else {
                 sums
             };
             _mm512_storeu_ps(v.as_mut_ptr(), d);
-            out.put_run(0, r0 + r, &v);
-            r += 16;
-        }
-        while r < rows {
-            let from = base as usize + r * rb + ahead;
-            let pf = (from.min(end), (from + rb).min(end));
-            let a = lane_tile::<F, 1>(base.add(r * rb), cols, p, pf);
-            put_rows::<F, 1>(a, base.add(r * rb), cols, out, 0, r0 + r);
-            r += 1;
+            out.put_run(0, r0 + r, &v[..m]);
+            r += m;
         }
     }
 }
