@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use twain_quant::{matmul, quantize, Parallelism, QMatrix, QuantFormat, QuantizeOptions};
 
 /// (name, rows, cols)
-const SHAPES: [(&str, usize, usize); 11] = [
-    ("tmp.c512", 1536, 512),
-    ("tmp.c1024", 1536, 1024),
+const SHAPES: [(&str, usize, usize); 9] = [
     ("smol.attn_q", 576, 576),
     ("smol.attn_kv", 192, 576),
     ("smol.ffn_up", 1536, 576),

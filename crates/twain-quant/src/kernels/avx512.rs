@@ -605,12 +605,20 @@ trait LaneFmt: Fmt {
     /// First element (of 4) of each of the 8 code vectors `lane_codes`
     /// returns, for the panel's lane layout.
     const LANES: [u8; 8];
-    /// The unsigned codes of blocks `g0 .. g0 + 16` (inside the row) as 8
-    /// vectors: lane `l` of vector `v` holds elements `LANES[v] .. LANES[v] + 4`
-    /// of block `g0 + l`.
-    unsafe fn lane_codes(row: *const u8, cols: usize, g0: usize) -> [__m512i; 8];
-    /// Weight scales of blocks `g0 .. g0 + 16` (inside the row), lane `l` = block `g0 + l`.
-    unsafe fn lane_scales(row: *const u8, cols: usize, g0: usize) -> __m512;
+    /// Code bytes per block.
+    const CODE_BYTES: usize;
+    /// Scale bytes per two blocks.
+    const SCALE_BYTES2: usize;
+    /// Where the codes of block `b` of the row start (blocks are consecutive).
+    unsafe fn codes_at(row: *const u8, cols: usize, b: usize) -> *const u8;
+    /// Where the scales of block `b` (even) of the row start.
+    unsafe fn scales_at(row: *const u8, cols: usize, b: usize) -> *const u8;
+    /// The unsigned codes of 16 consecutive blocks (their code bytes at `p`)
+    /// as 8 vectors: lane `l` of vector `v` holds elements `LANES[v] ..
+    /// LANES[v] + 4` of block `l`.
+    unsafe fn codes16(p: *const u8) -> [__m512i; 8];
+    /// Weight scales of 16 consecutive blocks (their scale bytes at `p`), lane `l` = block `l`.
+    unsafe fn scales16(p: *const u8) -> __m512;
 }
 
 /// Whether the single-vector lane kernels can run: they also use GFNI
@@ -648,12 +656,23 @@ impl LaneFmt for Q2F {
     // Bit pair k of byte j is element j + 8k: the low dword of a block
     // (bytes 0..4) gives elements 8k .. 8k + 4, the high one 8k + 4 ...
     const LANES: [u8; 8] = [0, 8, 16, 24, 4, 12, 20, 28];
+    const CODE_BYTES: usize = 8;
+    const SCALE_BYTES2: usize = 1;
 
     #[inline(always)]
-    unsafe fn lane_codes(row: *const u8, _cols: usize, g0: usize) -> [__m512i; 8] {
-        // SAFETY: reads the 8 code bytes of each of blocks g0 .. g0 + 16.
+    unsafe fn codes_at(row: *const u8, _cols: usize, b: usize) -> *const u8 {
+        row.wrapping_add(Q2_ROW_HEADER + 8 * b)
+    }
+
+    #[inline(always)]
+    unsafe fn scales_at(row: *const u8, cols: usize, b: usize) -> *const u8 {
+        row.wrapping_add(q2_row_layout(cols).1 + b / 2)
+    }
+
+    #[inline(always)]
+    unsafe fn codes16(p: *const u8) -> [__m512i; 8] {
+        // SAFETY: reads the 8 code bytes of each of 16 blocks at p.
         unsafe {
-            let p = row.add(Q2_ROW_HEADER + 8 * g0);
             let a = _mm512_loadu_si512(p as *const _);
             let b = _mm512_loadu_si512(p.add(64) as *const _);
             let lo = _mm512_permutex2var_epi32(
@@ -683,11 +702,10 @@ impl LaneFmt for Q2F {
     }
 
     #[inline(always)]
-    unsafe fn lane_scales(row: *const u8, cols: usize, g0: usize) -> __m512 {
-        let s0 = q2_row_layout(cols).1;
-        // SAFETY: reads the 8 sub-scale bytes of blocks g0 .. g0 + 16.
+    unsafe fn scales16(p: *const u8) -> __m512 {
+        // SAFETY: reads the 8 sub-scale bytes of 16 blocks at p.
         unsafe {
-            let v = _mm512_set1_epi64((row.add(s0 + g0 / 2) as *const i64).read_unaligned());
+            let v = _mm512_set1_epi64((p as *const i64).read_unaligned());
             // Dword lane l: the 8 bits from bit 4l, then its low nibble.
             let ctrl = _mm512_loadu_si512(NIBBLE_CTRL.as_ptr() as *const _);
             let k = _mm512_and_si512(_mm512_multishift_epi64_epi8(ctrl, v), _mm512_set1_epi32(15));
@@ -730,12 +748,23 @@ impl LaneFmt for Q4F {
     // Dword d of a block's 16 bytes: low nibbles are elements 4d .. 4d + 4,
     // high nibbles 16 + 4d ...
     const LANES: [u8; 8] = [0, 4, 8, 12, 16, 20, 24, 28];
+    const CODE_BYTES: usize = 16;
+    const SCALE_BYTES2: usize = 4;
 
     #[inline(always)]
-    unsafe fn lane_codes(row: *const u8, cols: usize, g0: usize) -> [__m512i; 8] {
-        // SAFETY: reads the 16 code bytes of each of blocks g0 .. g0 + 16.
+    unsafe fn codes_at(row: *const u8, cols: usize, b: usize) -> *const u8 {
+        row.wrapping_add(scales_bytes(cols / QK) + 16 * b)
+    }
+
+    #[inline(always)]
+    unsafe fn scales_at(row: *const u8, _cols: usize, b: usize) -> *const u8 {
+        row.wrapping_add(2 * b)
+    }
+
+    #[inline(always)]
+    unsafe fn codes16(p: *const u8) -> [__m512i; 8] {
+        // SAFETY: reads the 16 code bytes of each of 16 blocks at p.
         unsafe {
-            let p = row.add(scales_bytes(cols / QK) + 16 * g0);
             let ld = |j: usize| _mm512_loadu_si512(p.add(64 * j) as *const _);
             let (v0, v1, v2, v3) = (ld(0), ld(1), ld(2), ld(3));
             let idx = |i: usize| _mm512_loadu_si512(Q4_T[i].as_ptr() as *const _);
@@ -766,9 +795,9 @@ impl LaneFmt for Q4F {
     }
 
     #[inline(always)]
-    unsafe fn lane_scales(row: *const u8, _cols: usize, g0: usize) -> __m512 {
-        // SAFETY: forwarded.
-        unsafe { row_scales(row, g0, 16) }
+    unsafe fn scales16(p: *const u8) -> __m512 {
+        // SAFETY: reads the 16 f16 scales at p.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
     }
 }
 
@@ -776,7 +805,7 @@ impl LaneFmt for Q4F {
 /// lane-layout panel: per whole group of 16 blocks and row, 8 `vpdpbusd`
 /// into one int32 vector whose lanes are the 16 blocks, then one convert and
 /// one FMA with the blocks' weight x activation scales; the blocks after the
-/// last whole group go through `pair_acc`. The cache lines in `prefetch`
+/// last whole group go through `pair_acc` when `pair_tail`. The cache lines in `prefetch`
 /// (a range of addresses: rows further on) are touched a few per group, so
 /// that the hints spread over the arithmetic (issued all at once, they
 /// stall on the line-fill buffers: 24 against 29 tokens/s decoding the AFM
@@ -787,6 +816,7 @@ unsafe fn lane_tile<F: LaneFmt, const R: usize>(
     cols: usize,
     p: &ActPanel,
     prefetch: (usize, usize),
+    pair_tail: bool,
 ) -> [__m512; R] {
     let nb = cols / QK;
     let full = nb / 16;
@@ -802,7 +832,7 @@ unsafe fn lane_tile<F: LaneFmt, const R: usize>(
     // `full` whole groups (checked); prefetches are hints.
     unsafe {
         let row = |r: usize| w.add(r * rb);
-        let mut acc = if full * 16 < nb {
+        let mut acc = if pair_tail && full * 16 < nb {
             let a = pair_acc::<F, R, 1>(w, cols, p, 0, full * 16);
             std::array::from_fn(|r| a[r][0])
         } else {
@@ -818,7 +848,7 @@ unsafe fn lane_tile<F: LaneFmt, const R: usize>(
             let seed = _mm512_loadu_si512(sl.as_ptr().add(g * 16) as *const _);
             let dx = _mm512_loadu_ps(dl.as_ptr().add(g * 16));
             for r in 0..R {
-                let u = F::lane_codes(row(r), cols, g * 16);
+                let u = F::codes16(F::codes_at(row(r), cols, g * 16));
                 // Two chains of 4 (the latency of 8 in a row shows in cache).
                 let xv = |v: usize| _mm512_loadu_si512(x.add(16 * v) as *const _);
                 let mut s0 = seed;
@@ -828,7 +858,7 @@ unsafe fn lane_tile<F: LaneFmt, const R: usize>(
                     s1 = _mm512_dpbusd_epi32(s1, u[v + 4], xv(v + 4));
                 }
                 let s = _mm512_add_epi32(s0, s1);
-                let k = _mm512_mul_ps(F::lane_scales(row(r), cols, g * 16), dx);
+                let k = _mm512_mul_ps(F::scales16(F::scales_at(row(r), cols, g * 16)), dx);
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), k, acc[r]);
             }
         }
@@ -838,6 +868,75 @@ unsafe fn lane_tile<F: LaneFmt, const R: usize>(
             pf += 64;
         }
         acc
+    }
+}
+
+/// The last `T` blocks (from `b0`, a multiple of 16) of 16 rows, `16 / T`
+/// rows per register: lane `l` of group `q` is block `b0 + l % T` of row
+/// `q * 16 / T + l / T` (the panel's last group repeats the `T` blocks to
+/// match). Returns the 16 rows' sums (before the row scales) in lanes 0..16.
+#[inline(always)]
+unsafe fn tail16<F: LaneFmt, const T: usize>(
+    row: impl Fn(usize) -> *const u8,
+    cols: usize,
+    b0: usize,
+    p: &ActPanel,
+) -> __m512 {
+    let (xl, sl, dl) = p.lanes();
+    let g = b0 / 16;
+    assert!(xl.len() >= (g + 1) * 128 && sl.len() >= (g + 1) * 16 && dl.len() >= (g + 1) * 16);
+    let per = 16 / T;
+    let (cb, sb) = (T * F::CODE_BYTES, T / 2 * F::SCALE_BYTES2);
+    // SAFETY: each row's last T blocks (codes and scales) are inside the
+    // row; the buffers hold 16 blocks' codes (at most 256 bytes) and scales
+    // (at most 32); the panel holds group g (checked).
+    unsafe {
+        let x = xl.as_ptr().add(g * 128);
+        let seed = _mm512_loadu_si512(sl.as_ptr().add(g * 16) as *const _);
+        let dx = _mm512_loadu_ps(dl.as_ptr().add(g * 16));
+        let mut parts = [_mm512_setzero_ps(); T];
+        for (q, part) in parts.iter_mut().enumerate() {
+            let mut codes = [0u8; 256];
+            let mut scales = [0u8; 32];
+            for i in 0..per {
+                let r = row(q * per + i);
+                std::ptr::copy_nonoverlapping(
+                    F::codes_at(r, cols, b0),
+                    codes.as_mut_ptr().add(i * cb),
+                    cb,
+                );
+                std::ptr::copy_nonoverlapping(
+                    F::scales_at(r, cols, b0),
+                    scales.as_mut_ptr().add(i * sb),
+                    sb,
+                );
+            }
+            let u = F::codes16(codes.as_ptr());
+            let xv = |v: usize| _mm512_loadu_si512(x.add(16 * v) as *const _);
+            let mut s0 = seed;
+            let mut s1 = _mm512_setzero_si512();
+            for v in 0..4 {
+                s0 = _mm512_dpbusd_epi32(s0, u[v], xv(v));
+                s1 = _mm512_dpbusd_epi32(s1, u[v + 4], xv(v + 4));
+            }
+            let k = _mm512_mul_ps(F::scales16(scales.as_ptr()), dx);
+            *part = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), k);
+        }
+        // Sum each row's T lanes: pairs of neighbouring lanes, log2(T) times.
+        let even = _mm512_loadu_si512(EVEN_ODD[0].as_ptr() as *const _);
+        let odd = _mm512_loadu_si512(EVEN_ODD[1].as_ptr() as *const _);
+        let mut n = T;
+        while n > 1 {
+            for j in 0..n / 2 {
+                let (a, b) = (parts[2 * j], parts[2 * j + 1]);
+                parts[j] = _mm512_add_ps(
+                    _mm512_permutex2var_ps(a, even, b),
+                    _mm512_permutex2var_ps(a, odd, b),
+                );
+            }
+            n /= 2;
+        }
+        parts[0]
     }
 }
 
@@ -888,6 +987,12 @@ unsafe fn gemv_lanes<F: LaneFmt>(
     unsafe {
         let end = base.add(rows * rb) as usize;
         let ahead = PREFETCH_ROWS * rb;
+        let nb = cols / QK;
+        let b0 = nb / 16 * 16;
+        // Tails of 2, 4 or 8 blocks run 16 / t rows per register (`tail16`),
+        // others block pair by block pair in each row (`pair_acc`).
+        let t = nb - b0;
+        let pair_tail = !matches!(t, 0 | 2 | 4 | 8);
         let mut r = 0;
         // 16 rows per step: four tiles of 4, one reduction of 16 (a
         // reduction per tile ends each tile in a long dependency chain).
@@ -902,16 +1007,27 @@ unsafe fn gemv_lanes<F: LaneFmt>(
                     // The rows PREFETCH_ROWS ahead, spread over the tile's groups.
                     let from = base as usize + rt * rb + ahead;
                     let pf = (from.min(end), (from + 4 * rb).min(end));
-                    let a = lane_tile::<F, 4>(base.add(rt * rb), cols, p, pf);
+                    let a = lane_tile::<F, 4>(base.add(rt * rb), cols, p, pf, pair_tail);
                     acc[4 * t..4 * t + 4].copy_from_slice(&a);
                 }
             } else {
                 for (i, acc) in acc[..m].iter_mut().enumerate() {
-                    [*acc] = lane_tile::<F, 1>(base.add((r + i) * rb), cols, p, (0, 0));
+                    [*acc] = lane_tile::<F, 1>(base.add((r + i) * rb), cols, p, (0, 0), pair_tail);
                 }
             }
             let mut v = [0.0f32; 16];
-            let sums = reduce16(&acc);
+            let mut sums = reduce16(&acc);
+            // Rows past m repeat row r (their sums are dropped).
+            let row = |i: usize| base.add((r + if i < m { i } else { 0 }) * rb);
+            let tail = match t {
+                2 => Some(tail16::<F, 2>(row, cols, b0, p)),
+                4 => Some(tail16::<F, 4>(row, cols, b0, p)),
+                8 => Some(tail16::<F, 8>(row, cols, b0, p)),
+                _ => None,
+            };
+            if let Some(tail) = tail {
+                sums = _mm512_add_ps(sums, tail);
+            }
             let d = if F::ROW_SCALED {
                 let d: [f32; 16] = std::array::from_fn(|i| {
                     if i < m {

@@ -330,11 +330,12 @@ pub struct ActPanel {
     pub(crate) dt: Vec<f32>,
     /// Lane layout (one column): per group `g` of 16 blocks, 8 vectors of 16
     /// dwords; dword `(g * 8 + v) * 16 + l` = elements `lanes[v] ..
-    /// lanes[v] + 4` of block `16 g + l` (zeros past the last block).
+    /// lanes[v] + 4` of block `16 g + l` (zeros past the last block, or for
+    /// a last group of t = 2, 4 or 8 blocks, block `16 g + l % t`).
     pub(crate) xl: Vec<i32>,
-    /// Lane layout: `corr * sum` of block `16 g + l` at `g * 16 + l`.
+    /// Lane layout: `corr * sum` of the block of lane `l` of group `g` at `g * 16 + l`.
     pub(crate) sl: Vec<i32>,
-    /// Lane layout: `d * dx_mul` of block `16 g + l` at `g * 16 + l`.
+    /// Lane layout: `d * dx_mul` of the block of lane `l` of group `g` at `g * 16 + l`.
     pub(crate) dl: Vec<f32>,
 }
 
@@ -373,15 +374,26 @@ impl ActPanel {
             p.xl = vec![0; ng * 8 * 16];
             p.sl = vec![0; ng * 16];
             p.dl = vec![0.0; ng * 16];
-            for (b, a) in p.blocks.iter().enumerate() {
-                let (g, l) = (b / 16, b % 16);
+            // A last group of t = 2, 4 or 8 blocks repeats them across its
+            // 16 lanes (lane l = block l % t): the kernels run such tails
+            // for 16 / t rows at once.
+            let full = nb / 16;
+            let t = nb - 16 * full;
+            for slot in 0..ng * 16 {
+                let (g, l) = (slot / 16, slot % 16);
+                let b = if g == full && 16 % t.max(1) == 0 {
+                    16 * full + l % t
+                } else {
+                    slot
+                };
+                let Some(a) = p.blocks.get(b) else { continue };
                 for (v, &e) in starts.iter().enumerate() {
                     let q = &a.qs[e as usize..e as usize + 4];
                     p.xl[(g * 8 + v) * 16 + l] =
                         i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]);
                 }
-                p.sl[b] = corr * a.sum;
-                p.dl[b] = a.d * dx_mul;
+                p.sl[slot] = corr * a.sum;
+                p.dl[slot] = a.d * dx_mul;
             }
             // The per-column layout below serves the blocks after the last
             // whole group of 16.
