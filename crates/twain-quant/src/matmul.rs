@@ -187,13 +187,6 @@ pub fn matmul_many_with(
             ActPanel::new(blocks, cols / QK, kind)
         })
         .collect();
-    if n == 1 {
-        // One vector: each matrix through the matvec path, on the shared panel.
-        for (i, (w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
-            rows(k, w, x, y, par, Some((gemms[i], &panels[which[i]])));
-        }
-        return Ok(());
-    }
     let outs: Vec<OutTile<'_>> = ys
         .iter_mut()
         .zip(ws)
@@ -204,6 +197,43 @@ pub fn matmul_many_with(
         .iter()
         .map(|w| w.rows().saturating_mul(cols).saturating_mul(n))
         .sum();
+    if n == 1 {
+        // One vector (decode): the rows of all the matrices, one after the
+        // other, split into one contiguous share per thread (whole units of
+        // 16 rows) on the spinning pool, so that q/k/v or gate/up cost one
+        // fork/join; rayon when another caller holds the pool. A matvec is
+        // memory-bound and short: below PAR_MIN_WORK_MATVEC it stays on
+        // this thread.
+        let total: usize = ws.iter().map(|w| w.rows()).sum();
+        let part = |lo: usize, hi: usize| {
+            let mut base = 0;
+            for (i, w) in ws.iter().enumerate() {
+                let (a, b) = (lo.max(base), hi.min(base + w.rows()));
+                if a < b {
+                    let (r0, r1, rb) = (a - base, b - base, w.row_bytes());
+                    let (gemm, panel) = (gemms[i], &panels[which[i]]);
+                    // SAFETY: this share owns rows r0..r1 of output i (shares are disjoint).
+                    unsafe { gemm(&w.data()[r0 * rb..r1 * rb], cols, panel, &outs[i], r0) };
+                }
+                base += w.rows();
+            }
+        };
+        if par == Parallelism::Sequential
+            || threads <= 1
+            || work < *PAR_MIN_WORK_MATVEC
+            || total < 2 * UNIT
+        {
+            part(0, total);
+            return Ok(());
+        }
+        let per = total.div_ceil(threads).next_multiple_of(UNIT);
+        let parts = total.div_ceil(per);
+        let share = |c: usize| part(c * per, ((c + 1) * per).min(total));
+        if !crate::pool::run(threads, parts, &share) {
+            (0..parts).into_par_iter().for_each(share);
+        }
+        return Ok(());
+    }
     let parallel = par == Parallelism::Rayon && threads > 1 && work >= PAR_MIN_WORK;
     // Tasks of whole units of 16 rows (one packed tile), about 4 per thread
     // over all the matrices together.
@@ -310,24 +340,15 @@ fn run(
         // The quantized formats: one code path for one or many matrices.
         return matmul_many_with(k, std::slice::from_ref(w), x, &mut [y], par);
     }
-    self::rows(k, w, x, y, par, None);
+    float_rows(k, w, x, y, par);
     Ok(())
 }
 
-/// `y = x W^T` on validated shapes, rows split over the threads: through
-/// `quant` (the format's int8 kernel and the activation panel) when given,
-/// else the float kernels (f32/f16, or quantized weights against f32
-/// activations). One column streams the weights through the per-row dot
-/// kernels; batches use the register-tiled float kernels where the family
-/// has them.
-fn rows(
-    k: &Kernels,
-    w: &QMatrixRef<'_>,
-    x: &[f32],
-    y: &mut [f32],
-    par: Parallelism,
-    quant: Option<(GemmFn, &ActPanel)>,
-) {
+/// `y = x W^T` on validated shapes through the float kernels (f32/f16, or
+/// quantized weights against f32 activations), rows split over the threads.
+/// One column streams the weights through the per-row dot kernels; batches
+/// use the register-tiled float kernels where the family has them.
+fn float_rows(k: &Kernels, w: &QMatrixRef<'_>, x: &[f32], y: &mut [f32], par: Parallelism) {
     let (rows, cols, fmt) = (w.rows(), w.cols(), w.format());
     let n = x.len() / cols;
     let data = w.data();
@@ -347,11 +368,8 @@ fn rows(
         while t0 < r1 {
             let t1 = (t0 + tile).min(r1);
             let wr = &data[t0 * rb..t1 * rb];
-            if let Some((gemm, panel)) = quant {
+            if let Some(fg) = float_gemm {
                 // SAFETY: this chunk owns rows r0..r1 of `out` (chunks are disjoint).
-                unsafe { gemm(wr, cols, panel, &out, t0) };
-            } else if let Some(fg) = float_gemm {
-                // SAFETY: as above.
                 unsafe { fg(wr, cols, x, &out, t0) };
             } else {
                 buf.resize(t1 - t0, 0.0);
