@@ -12,7 +12,8 @@
 #![allow(clippy::needless_range_loop)]
 use super::scalar::q2_row_layout;
 use super::{
-    avx2, gemv_via, ActPanel, Backend, Kernels, OutTile, PairOrder, PanelKind, PACK_MIN_N,
+    avx2, gemv_via, lane_tail_in_groups, ActPanel, Backend, Kernels, OutTile, PairOrder, PanelKind,
+    PACK_MIN_N,
 };
 use crate::blocks::{f16_to_f32, scales_bytes, Q8ActBlock, Q2_ROW_HEADER, QK};
 use crate::QuantFormat;
@@ -992,7 +993,7 @@ unsafe fn gemv_lanes<F: LaneFmt>(
         // Tails of 2, 4 or 8 blocks run 16 / t rows per register (`tail16`),
         // others block pair by block pair in each row (`pair_acc`).
         let t = nb - b0;
-        let pair_tail = !matches!(t, 0 | 2 | 4 | 8);
+        let pair_tail = !lane_tail_in_groups(nb);
         let mut r = 0;
         // 16 rows per step: four tiles of 4, one reduction of 16 (a
         // reduction per tile ends each tile in a long dependency chain).
@@ -1015,7 +1016,6 @@ unsafe fn gemv_lanes<F: LaneFmt>(
                     [*acc] = lane_tile::<F, 1>(base.add((r + i) * rb), cols, p, (0, 0), pair_tail);
                 }
             }
-            let mut v = [0.0f32; 16];
             let mut sums = reduce16(&acc);
             // Rows past m repeat row r (their sums are dropped).
             let row = |i: usize| base.add((r + if i < m { i } else { 0 }) * rb);
@@ -1040,8 +1040,7 @@ unsafe fn gemv_lanes<F: LaneFmt>(
             } else {
                 sums
             };
-            _mm512_storeu_ps(v.as_mut_ptr(), d);
-            out.put_run(0, r0 + r, &v[..m]);
+            _mm512_mask_storeu_ps(out.run_ptr(0, r0 + r, m), lanes(m), d);
             r += m;
         }
     }

@@ -249,6 +249,14 @@ pub(crate) enum PanelKind {
 /// Batches of at least this many columns run the packed kernels (Q2/Q4).
 pub(crate) const PACK_MIN_N: usize = 8;
 
+/// Whether the lane kernels run every block of a row of `nb` blocks in lane
+/// groups: whole groups of 16, then a tail of 2, 4 or 8 blocks for 16 / t
+/// rows at once (other tails go block pair by block pair, from the
+/// per-column layout).
+pub(crate) const fn lane_tail_in_groups(nb: usize) -> bool {
+    matches!(nb % 16, 0 | 2 | 4 | 8)
+}
+
 /// Order of the 64 int8 values of a pair of blocks `(b, b + 1)`, `b` even, in
 /// an [`ActPanel`]: chunks of `chunk()` bytes alternate between the two blocks,
 /// matching the order in which a kernel unpacks two blocks of weight codes.
@@ -306,7 +314,7 @@ pub(crate) const GROUP_ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 /// offset term, in the first lane of the block's first chunk of its pair).
 /// Each column is padded by one zero block (the scales by 16) so two-block
 /// loads at the last block stay in bounds.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ActPanel {
     n: usize,
     nb: usize,
@@ -347,17 +355,7 @@ impl ActPanel {
             n,
             nb,
             blocks,
-            xs: Vec::new(),
-            dx: Vec::new(),
-            seed: Vec::new(),
-            gseed: Vec::new(),
-            gdx: Vec::new(),
-            xt: Vec::new(),
-            bt: Vec::new(),
-            dt: Vec::new(),
-            xl: Vec::new(),
-            sl: Vec::new(),
-            dl: Vec::new(),
+            ..ActPanel::default()
         };
         let PanelKind::Simd {
             corr,
@@ -371,9 +369,9 @@ impl ActPanel {
         };
         if let (Some(starts), 1) = (lanes, n) {
             let ng = nb.div_ceil(16);
-            p.xl = vec![0; ng * 8 * 16];
-            p.sl = vec![0; ng * 16];
-            p.dl = vec![0.0; ng * 16];
+            p.xl.resize(ng * 8 * 16, 0);
+            p.sl.resize(ng * 16, 0);
+            p.dl.resize(ng * 16, 0.0);
             // A last group of t = 2, 4 or 8 blocks repeats them across its
             // 16 lanes (lane l = block l % t): the kernels run such tails
             // for 16 / t rows at once.
@@ -395,13 +393,16 @@ impl ActPanel {
                 p.sl[slot] = corr * a.sum;
                 p.dl[slot] = a.d * dx_mul;
             }
+            if lane_tail_in_groups(nb) {
+                return p;
+            }
             // The per-column layout below serves the blocks after the last
             // whole group of 16.
         }
         if packed && n >= PACK_MIN_N && nb > 0 {
-            p.xt = vec![0; n * nb * 8];
-            p.bt = vec![0; n * nb];
-            p.dt = vec![0.0; n * nb];
+            p.xt.resize(n * nb * 8, 0);
+            p.bt.resize(n * nb, 0);
+            p.dt.resize(n * nb, 0.0);
             let blocks = &p.blocks;
             let fill = |(b, ((xt, bt), dt)): (usize, BlockParts<'_>)| {
                 for j in 0..n {
@@ -430,11 +431,11 @@ impl ActPanel {
             return p;
         }
         let ng = nb.div_ceil(8);
-        p.xs = vec![0; n * (nb + 1) * QK];
-        p.dx = vec![0.0; n * (nb + 16)];
-        p.seed = vec![0; n * (nb + 1) * 8];
-        p.gseed = vec![0; n * ng * 8];
-        p.gdx = vec![0.0; n * ng * 8];
+        p.xs.resize(n * (nb + 1) * QK, 0);
+        p.dx.resize(n * (nb + 16), 0.0);
+        p.seed.resize(n * (nb + 1) * 8, 0);
+        p.gseed.resize(n * ng * 8, 0);
+        p.gdx.resize(n * ng * 8, 0.0);
         if n == 0 || nb == 0 {
             return p;
         }
@@ -627,17 +628,16 @@ impl<'a> OutTile<'a> {
         self.n
     }
 
-    /// Write `y[j][r + i] = v[i]` for every `i`.
+    /// Where `y[j][r .. r + len]` is, for a kernel to store into.
     ///
     /// # Safety
-    /// No other thread writes those elements concurrently.
+    /// No other thread writes those elements while the caller does.
     #[inline]
-    pub(crate) unsafe fn put_run(&self, j: usize, r: usize, v: &[f32]) {
-        assert!(j < self.n && r + v.len() <= self.rows);
-        // SAFETY: in bounds (checked); exclusive by the caller's contract.
-        unsafe {
-            std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(j * self.rows + r), v.len())
-        }
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) unsafe fn run_ptr(&self, j: usize, r: usize, len: usize) -> *mut f32 {
+        assert!(j < self.n && r + len <= self.rows);
+        // SAFETY: in bounds (checked).
+        unsafe { self.ptr.add(j * self.rows + r) }
     }
 
     /// Write `y[j][r] = v`.
