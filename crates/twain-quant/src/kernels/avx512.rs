@@ -7,6 +7,11 @@
 //! codes, `-8 sum` for Q4, `-128 sum` for Q8 with codes biased to unsigned) in
 //! lane 0; the lanes are converted to f32 and multiplied by the per-block scale
 //! (broadcast to the block's 8 lanes by `vpermps`) into one f32 accumulator.
+//!
+//! Two kernels depart from it. One vector (decode) of Q2/Q4 puts one block
+//! per int32 lane instead (`gemv_lanes`: 16 blocks per `vpdpbusd` chain, bit
+//! fields extracted by GFNI's `gf2p8affineqb`, see docs/design.md), and
+//! batches from `PACK_MIN_N` columns put one row per lane (`gemm_packed`).
 
 // Register tiles are indexed by (row, column) in several arrays at once.
 #![allow(clippy::needless_range_loop)]

@@ -16,7 +16,9 @@
 //! Inside `matmul`, quantized formats go through each family's batched kernel
 //! (crate-private `*_gemm`): activations are quantized and laid out once per
 //! call ([`ActPanel`]), rows are split into chunks over rayon, and a chunk runs
-//! register tiles. AVX-512: 4 rows x 1 column (matvec), 2 rows x 4 columns
+//! register tiles. AVX-512: for one column (matvec, decode) Q2/Q4 put one
+//! block per int32 lane, 16 blocks per `vpdpbusd` chain (with GFNI and VBMI;
+//! else, and for Q8, 4 rows x 1 column over block pairs), 2 rows x 4 columns
 //! (batches under 8 columns), and from 8 columns up (Q2/Q4/Q8) a packed kernel
 //! that transposes 16 rows so that each 32-bit lane is a row and runs 8
 //! `vpdpbusd` per block and column against broadcast activations. AVX2:
