@@ -947,28 +947,34 @@ unsafe fn tail16<F: LaneFmt, const T: usize>(
 }
 
 /// The lane sums of 16 vectors: lane `i` = sum of `a[i]`.
+///
+/// Plain loops, no closures: a closure does not inherit its caller's target
+/// features, so the intrinsics in it would become calls.
 #[inline(always)]
 unsafe fn reduce16(a: &[__m512; 16]) -> __m512 {
     // Pairs, then quads as in `reduce4`: c[i] holds rows 4i .. 4i + 4 in
     // each 128-bit lane; then the 128-bit lanes are summed across.
-    let b: [__m512; 8] = std::array::from_fn(|i| {
+    let mut b = [_mm512_setzero_ps(); 8];
+    for i in 0..8 {
         let (x, y) = (a[2 * i], a[2 * i + 1]);
-        _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y))
-    });
-    let c: [__m512; 4] = std::array::from_fn(|i| {
+        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+    }
+    let mut c = [_mm512_setzero_ps(); 4];
+    for i in 0..4 {
         let (x, y) = (b[2 * i], b[2 * i + 1]);
-        _mm512_add_ps(
+        c[i] = _mm512_add_ps(
             _mm512_shuffle_ps::<0x44>(x, y),
             _mm512_shuffle_ps::<0xee>(x, y),
-        )
-    });
-    let e = |x: __m512, y: __m512| {
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0x44>(x, y),
-            _mm512_shuffle_f32x4::<0xee>(x, y),
-        )
-    };
-    let (e01, e23) = (e(c[0], c[1]), e(c[2], c[3]));
+        );
+    }
+    let e01 = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x44>(c[0], c[1]),
+        _mm512_shuffle_f32x4::<0xee>(c[0], c[1]),
+    );
+    let e23 = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x44>(c[2], c[3]),
+        _mm512_shuffle_f32x4::<0xee>(c[2], c[3]),
+    );
     _mm512_add_ps(
         _mm512_shuffle_f32x4::<0x88>(e01, e23),
         _mm512_shuffle_f32x4::<0xdd>(e01, e23),
