@@ -152,6 +152,15 @@ proptest! {
                 prop_assert!(close(got[r], want_f[r], mag_f[r]), "{:?} f32 row {r}: {} vs {}", k.backend, got[r], want_f[r]);
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if twain_quant::kernels::avx512::is_supported() {
+            // The block-pair matvec of CPUs without GFNI/VBMI.
+            let mut got = vec![0.0; rows];
+            twain_quant::kernels::avx512::q2_q8_pairs(&w, cols, &act, &mut got);
+            for r in 0..rows {
+                prop_assert!(close(got[r], want[r], mag[r]), "avx512 pairs row {r}: {} vs {}", got[r], want[r]);
+            }
+        }
     }
 
     #[test]
@@ -175,6 +184,15 @@ proptest! {
             (k.q4_f32)(&blocks, cols, &x, &mut got);
             for r in 0..rows {
                 prop_assert!(close(got[r], want_f[r], mag_f[r]), "{:?} f32 row {r}: {} vs {}", k.backend, got[r], want_f[r]);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if twain_quant::kernels::avx512::is_supported() {
+            // The block-pair matvec of CPUs without GFNI/VBMI.
+            let mut got = vec![0.0; rows];
+            twain_quant::kernels::avx512::q4_q8_pairs(&blocks, cols, &act, &mut got);
+            for r in 0..rows {
+                prop_assert!(close(got[r], want[r], mag[r]), "avx512 pairs row {r}: {} vs {}", got[r], want[r]);
             }
         }
     }

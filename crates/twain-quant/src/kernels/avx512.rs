@@ -1125,6 +1125,66 @@ pub fn q4_q8(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
     gemv_via(q4_gemm, panel(QuantFormat::Q4), rows, cols, act, out);
 }
 
+/// `kind` without the lane layout: a single vector then takes the block-pair
+/// matvec (4 rows x 1 column), as on CPUs without GFNI/VBMI.
+fn without_lanes(kind: PanelKind) -> PanelKind {
+    match kind {
+        PanelKind::Simd {
+            corr,
+            dx_mul,
+            order,
+            packed,
+            ..
+        } => PanelKind::Simd {
+            corr,
+            dx_mul,
+            order,
+            packed,
+            lanes: None,
+        },
+        k => k,
+    }
+}
+
+/// [`q2_q8`] through the block-pair matvec that CPUs without GFNI/VBMI run
+/// (so that tests cover it on any AVX-512 VNNI CPU).
+#[doc(hidden)]
+pub fn q2_q8_pairs(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && act.len() == cols / QK
+            && rows.len() == out.len() * Q2F::row_bytes(cols)
+    );
+    gemv_via(
+        q2_gemm,
+        without_lanes(panel(QuantFormat::Q2)),
+        rows,
+        cols,
+        act,
+        out,
+    );
+}
+
+/// [`q4_q8`] through the block-pair matvec (see [`q2_q8_pairs`]).
+#[doc(hidden)]
+pub fn q4_q8_pairs(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
+    check();
+    assert!(
+        cols.is_multiple_of(QK)
+            && act.len() == cols / QK
+            && rows.len() == out.len() * Q4F::row_bytes(cols)
+    );
+    gemv_via(
+        q4_gemm,
+        without_lanes(panel(QuantFormat::Q4)),
+        rows,
+        cols,
+        act,
+        out,
+    );
+}
+
 /// Q8 rows against int8 activations.
 pub fn q8_q8(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
     check();
