@@ -855,15 +855,7 @@ unsafe fn lane_tile<F: LaneFmt, const R: usize>(
             let dx = _mm512_loadu_ps(dl.as_ptr().add(g * 16));
             for r in 0..R {
                 let u = F::codes16(F::codes_at(row(r), cols, g * 16));
-                // Two chains of 4 (the latency of 8 in a row shows in cache).
-                let xv = |v: usize| _mm512_loadu_si512(x.add(16 * v) as *const _);
-                let mut s0 = seed;
-                let mut s1 = _mm512_setzero_si512();
-                for v in 0..4 {
-                    s0 = _mm512_dpbusd_epi32(s0, u[v], xv(v));
-                    s1 = _mm512_dpbusd_epi32(s1, u[v + 4], xv(v + 4));
-                }
-                let s = _mm512_add_epi32(s0, s1);
+                let s = dot_group16(&u, x, seed);
                 let k = _mm512_mul_ps(F::scales16(F::scales_at(row(r), cols, g * 16)), dx);
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), k, acc[r]);
             }
@@ -874,6 +866,27 @@ unsafe fn lane_tile<F: LaneFmt, const R: usize>(
             pf += 64;
         }
         acc
+    }
+}
+
+/// `seed + sum_v u[v] . x[v]` per int32 lane, `x` the 8 activation vectors
+/// of a lane group: 8 `vpdpbusd` in two chains of 4 (a chain of 8 shows its
+/// latency when the weights are in cache).
+#[inline(always)]
+unsafe fn dot_group16(u: &[__m512i; 8], x: *const i32, seed: __m512i) -> __m512i {
+    // SAFETY: x points at 8 x 16 dwords of the panel (caller).
+    unsafe {
+        let mut s0 = seed;
+        let mut s1 = _mm512_setzero_si512();
+        for v in 0..4 {
+            s0 = _mm512_dpbusd_epi32(s0, u[v], _mm512_loadu_si512(x.add(16 * v) as *const _));
+            s1 = _mm512_dpbusd_epi32(
+                s1,
+                u[v + 4],
+                _mm512_loadu_si512(x.add(16 * (v + 4)) as *const _),
+            );
+        }
+        _mm512_add_epi32(s0, s1)
     }
 }
 
@@ -918,15 +931,8 @@ unsafe fn tail16<F: LaneFmt, const T: usize>(
                 );
             }
             let u = F::codes16(codes.as_ptr());
-            let xv = |v: usize| _mm512_loadu_si512(x.add(16 * v) as *const _);
-            let mut s0 = seed;
-            let mut s1 = _mm512_setzero_si512();
-            for v in 0..4 {
-                s0 = _mm512_dpbusd_epi32(s0, u[v], xv(v));
-                s1 = _mm512_dpbusd_epi32(s1, u[v + 4], xv(v + 4));
-            }
             let k = _mm512_mul_ps(F::scales16(scales.as_ptr()), dx);
-            *part = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), k);
+            *part = _mm512_mul_ps(_mm512_cvtepi32_ps(dot_group16(&u, x, seed)), k);
         }
         // Sum each row's T lanes: pairs of neighbouring lanes, log2(T) times.
         let even = _mm512_loadu_si512(EVEN_ODD[0].as_ptr() as *const _);
@@ -981,8 +987,9 @@ unsafe fn reduce16(a: &[__m512; 16]) -> __m512 {
     )
 }
 
-/// Every row of `w` times the single column of a lane-layout panel, 4 rows
-/// at a time, prefetching `PREFETCH_ROWS` rows ahead.
+/// Every row of `w` times the single column of a lane-layout panel: 16 rows
+/// per step (four tiles of 4, one reduction), prefetching `PREFETCH_ROWS`
+/// rows ahead.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni,avx2,f16c")]
 unsafe fn gemv_lanes<F: LaneFmt>(
     w: &[u8],
