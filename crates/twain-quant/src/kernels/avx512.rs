@@ -1110,26 +1110,38 @@ unsafe fn q8_gemm(w: &[u8], cols: usize, p: &ActPanel, out: &OutTile<'_>, r0: us
     }
 }
 
-/// Q2 rows against int8 activations.
-pub fn q2_q8(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
+/// Rows of format `F` against int8 activations through `gemm` on a
+/// single-column panel of `kind`, after checking the slice contract.
+fn gemv_checked<F: Fmt>(
+    gemm: super::GemmFn,
+    kind: PanelKind,
+    rows: &[u8],
+    cols: usize,
+    act: &[Q8ActBlock],
+    out: &mut [f32],
+) {
     check();
     assert!(
         cols.is_multiple_of(QK)
             && act.len() == cols / QK
-            && rows.len() == out.len() * Q2F::row_bytes(cols)
+            && rows.len() == out.len() * F::row_bytes(cols)
     );
-    gemv_via(q2_gemm, panel(QuantFormat::Q2), rows, cols, act, out);
+    gemv_via(gemm, kind, rows, cols, act, out);
+}
+
+/// Q2 rows against int8 activations.
+pub fn q2_q8(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
+    gemv_checked::<Q2F>(q2_gemm, panel(QuantFormat::Q2), rows, cols, act, out);
 }
 
 /// Q4 rows against int8 activations.
 pub fn q4_q8(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
-    check();
-    assert!(
-        cols.is_multiple_of(QK)
-            && act.len() == cols / QK
-            && rows.len() == out.len() * Q4F::row_bytes(cols)
-    );
-    gemv_via(q4_gemm, panel(QuantFormat::Q4), rows, cols, act, out);
+    gemv_checked::<Q4F>(q4_gemm, panel(QuantFormat::Q4), rows, cols, act, out);
+}
+
+/// Q8 rows against int8 activations.
+pub fn q8_q8(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
+    gemv_checked::<Q8F>(q8_gemm, panel(QuantFormat::Q8), rows, cols, act, out);
 }
 
 /// `kind` without the lane layout: a single vector then takes the block-pair
@@ -1157,50 +1169,15 @@ fn without_lanes(kind: PanelKind) -> PanelKind {
 /// (so that tests cover it on any AVX-512 VNNI CPU).
 #[doc(hidden)]
 pub fn q2_q8_pairs(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
-    check();
-    assert!(
-        cols.is_multiple_of(QK)
-            && act.len() == cols / QK
-            && rows.len() == out.len() * Q2F::row_bytes(cols)
-    );
-    gemv_via(
-        q2_gemm,
-        without_lanes(panel(QuantFormat::Q2)),
-        rows,
-        cols,
-        act,
-        out,
-    );
+    let kind = without_lanes(panel(QuantFormat::Q2));
+    gemv_checked::<Q2F>(q2_gemm, kind, rows, cols, act, out);
 }
 
 /// [`q4_q8`] through the block-pair matvec (see [`q2_q8_pairs`]).
 #[doc(hidden)]
 pub fn q4_q8_pairs(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
-    check();
-    assert!(
-        cols.is_multiple_of(QK)
-            && act.len() == cols / QK
-            && rows.len() == out.len() * Q4F::row_bytes(cols)
-    );
-    gemv_via(
-        q4_gemm,
-        without_lanes(panel(QuantFormat::Q4)),
-        rows,
-        cols,
-        act,
-        out,
-    );
-}
-
-/// Q8 rows against int8 activations.
-pub fn q8_q8(rows: &[u8], cols: usize, act: &[Q8ActBlock], out: &mut [f32]) {
-    check();
-    assert!(
-        cols.is_multiple_of(QK)
-            && act.len() == cols / QK
-            && rows.len() == out.len() * Q8F::row_bytes(cols)
-    );
-    gemv_via(q8_gemm, panel(QuantFormat::Q8), rows, cols, act, out);
+    let kind = without_lanes(panel(QuantFormat::Q4));
+    gemv_checked::<Q4F>(q4_gemm, kind, rows, cols, act, out);
 }
 
 /// A float weight format as the AVX-512 kernels see it.

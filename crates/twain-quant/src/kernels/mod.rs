@@ -379,9 +379,10 @@ impl ActPanel {
             // for 16 / t rows at once.
             let full = nb / 16;
             let t = nb - 16 * full;
+            let repeat = t > 0 && lane_tail_in_groups(nb);
             for slot in 0..ng * 16 {
                 let (g, l) = (slot / 16, slot % 16);
-                let b = if g == full && 16 % t.max(1) == 0 {
+                let b = if repeat && g == full {
                     16 * full + l % t
                 } else {
                     slot
