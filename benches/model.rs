@@ -9,8 +9,9 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
-use twain_core::synthetic::{random_model, tiny_config};
-use twain_core::{kv_share_plan, Preset, Transformer, TransformerOptions};
+use twain_convert::synthetic::{random_model, tiny_config};
+use twain_convert::Preset;
+use twain_core::{KvPlan, Transformer, TransformerOptions};
 use twain_model::Model;
 
 const PROMPT: usize = 128;
@@ -30,7 +31,10 @@ fn smol_shape() -> twain_core::ModelConfig {
 fn model(preset: Preset) -> Transformer {
     let mut c = smol_shape();
     if preset == Preset::Afm {
-        c.kv_source = kv_share_plan(c.n_layers, 5, 3).expect("5:3 plan");
+        c.kv_source = KvPlan::shared(c.n_layers, 5, 3)
+            .expect("5:3 plan")
+            .sources()
+            .to_vec();
     }
     let loaded = random_model(&c, preset, 3).expect("random model");
     Transformer::from_loaded(loaded, TransformerOptions::default()).expect("model")

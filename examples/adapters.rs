@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use twain::Model;
 use twain_adapters::{LoraAdapter, MODULES};
-use twain_core::synthetic::{self, SplitMix};
-use twain_core::{LinearDelta, LoadedModel, Preset, State, Transformer, TransformerOptions};
+use twain_convert::synthetic::{self, SplitMix};
+use twain_convert::Preset;
+use twain_core::{LinearDelta, LoadedModel, State, Transformer, TransformerOptions};
 
 /// A random rank-`r` adapter on Q, O and the FFN of every layer (like the reference
 /// system's adapters on a KV-sharing block), alpha = 2r.
@@ -73,7 +74,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     } else {
         // A 2-bit base with the reference system's KV-sharing plan (layers 5..8 read layer 4's cache).
         let mut config = synthetic::tiny_config(8);
-        config.kv_source = twain_core::kv_share_plan(8, 5, 3)?;
+        config.kv_source = twain_core::KvPlan::shared(8, 5, 3)?.sources().to_vec();
         let base = synthetic::random_model(&config, Preset::Afm, 7)?;
         let model = Transformer::from_loaded(base, TransformerOptions::default())?;
         let a1 = random_adapter(&model, 4, 1)?;

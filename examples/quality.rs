@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use twain::Model;
-use twain_core::eval::{calibrate, CALIBRATION_TEXT};
-use twain_core::{convert, ConvertOptions, KvDtype, Preset, Transformer, TransformerOptions};
+use twain_convert::calib::CALIBRATION_TEXT;
+use twain_convert::eval::calibrate;
+use twain_convert::{convert, ConvertOptions, Preset};
+use twain_core::{KvDtype, Transformer, TransformerOptions};
 
 struct Variant {
     name: String,

@@ -16,7 +16,7 @@ fn random_adapter(
     model: &Transformer,
     seed: u64,
 ) -> Result<LoraAdapter, Box<dyn std::error::Error>> {
-    let mut rng = twain_core::synthetic::SplitMix::new(seed);
+    let mut rng = twain_convert::synthetic::SplitMix::new(seed);
     let mut a = LoraAdapter::new();
     for l in 0..model.config().n_layers {
         let name = format!("blk.{l}.ffn_down.weight");

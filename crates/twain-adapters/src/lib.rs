@@ -17,7 +17,8 @@
 //! ```
 //! use std::sync::Arc;
 //! use twain_adapters::LoraAdapter;
-//! use twain_core::{synthetic, Preset, Transformer, TransformerOptions};
+//! use twain_convert::{synthetic, Preset};
+//! use twain_core::{Transformer, TransformerOptions};
 //! use twain_model::Model;
 //!
 //! let config = synthetic::tiny_config(2);

@@ -487,7 +487,7 @@ pub fn merge_into(adapter: &LoraAdapter, model: &mut LoadedModel) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twain_core::synthetic::{tiny_config, SplitMix};
+    use twain_convert::synthetic::{tiny_config, SplitMix};
 
     fn random(rows: usize, cols: usize, r: usize, seed: u64) -> LoraAdapter {
         let mut rng = SplitMix::new(seed);

@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use twain_adapters::{merge_into, parse_target, AdapterError, LoraAdapter, MODULES};
-use twain_core::synthetic::{self, SplitMix};
-use twain_core::{KvDtype, LinearDelta, LoadedModel, Preset, Transformer, TransformerOptions};
+use twain_convert::synthetic::{self, SplitMix};
+use twain_convert::Preset;
+use twain_core::{KvDtype, LinearDelta, LoadedModel, Transformer, TransformerOptions};
 use twain_io::gguf::{write_gguf, GgufTensorData};
 use twain_io::{GgmlType, GgufFile, MetaValue, RopeLayout, Tensor};
 use twain_model::Model;
@@ -90,7 +91,10 @@ fn merged(base: &LoadedModel, ad: &LoraAdapter) -> LoadedModel {
 #[test]
 fn unmerged_equals_merged_on_random_model() {
     let mut config = synthetic::tiny_config(4);
-    config.kv_source = twain_core::kv_share_plan(4, 1, 1).unwrap();
+    config.kv_source = twain_core::KvPlan::shared(4, 1, 1)
+        .unwrap()
+        .sources()
+        .to_vec();
     let base = synthetic::random_model(&config, Preset::F32, 3).unwrap();
     let ad = random_adapter(&base, 4, 11);
     // Q/O/FFN everywhere, K/V only on the two owning layers.
@@ -723,7 +727,10 @@ fn wrong_shape_and_missing_target_are_typed() {
 #[test]
 fn kv_on_a_shared_layer_is_typed() {
     let mut config = synthetic::tiny_config(4);
-    config.kv_source = twain_core::kv_share_plan(4, 1, 1).unwrap();
+    config.kv_source = twain_core::KvPlan::shared(4, 1, 1)
+        .unwrap()
+        .sources()
+        .to_vec();
     let base = synthetic::random_model(&config, Preset::F32, 3).unwrap();
     let model = build(base.clone());
     let kv = (config.n_kv_heads * config.head_dim, config.d_model);

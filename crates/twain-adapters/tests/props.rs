@@ -15,7 +15,7 @@ proptest! {
         mult in -2.0f32..2.0,
         seed in any::<u64>(),
     ) {
-        let mut rng = twain_core::synthetic::SplitMix::new(seed);
+        let mut rng = twain_convert::synthetic::SplitMix::new(seed);
         let a: Vec<f32> = (0..r * cols).map(|_| rng.uniform()).collect();
         let b: Vec<f32> = (0..rows * r).map(|_| rng.uniform()).collect();
         let x: Vec<f32> = (0..n * cols).map(|_| rng.uniform()).collect();

@@ -9,7 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::Arc;
 use twain::engine::{default_model_path, Engine, LoadOptions, DEFAULT_PRESET};
 use twain::{Event, GenerateOptions, Model, Sampler};
-use twain_core::{KvDtype, LinearDelta, Preset, Transformer};
+use twain_convert::Preset;
+use twain_core::{KvDtype, LinearDelta, Transformer};
 
 mod perplexity;
 
@@ -320,7 +321,7 @@ fn session_of(args: &ModelArgs, engine: &Engine) -> Res<twain::Session<Arc<Trans
 /// A random rank-`rank` LoRA adapter on every linear layer of `model` (alpha 16), for benchmarks.
 fn random_adapter(model: &Transformer, rank: usize) -> Res<Arc<dyn LinearDelta>> {
     let mut a = twain::adapters::LoraAdapter::new();
-    let mut rng = twain_core::synthetic::SplitMix::new(7);
+    let mut rng = twain_convert::synthetic::SplitMix::new(7);
     for l in 0..model.config().n_layers {
         for m in [
             "attn_q",
@@ -602,16 +603,16 @@ fn convert_cmd(
             "calibrating on the built-in text ({})",
             twain::engine::CALIBRATION_NAME
         );
-        twain::engine::calibrate_file(input, &tokenizer).map_err(|e| e.to_string())?
+        twain_convert::calib::importance_of_file(input, &tokenizer).map_err(|e| e.to_string())?
     } else {
         Default::default()
     };
     let pb = progress_bar(&format!("quantizing ({})", preset.name()));
     let mut cb = convert_progress(&pb);
-    let mut m = twain_core::convert(
+    let mut m = twain_convert::convert(
         loaded,
         preset,
-        twain_core::ConvertOptions {
+        twain_convert::ConvertOptions {
             kv_share,
             progress: Some(&mut cb),
             importance,
@@ -761,7 +762,7 @@ fn synthetic_model(
 ) -> Res<Transformer> {
     let kv_dtype = KvDtype::from_name(kv_cache)
         .ok_or_else(|| format!("unknown --kv-cache {kv_cache:?} (int8, f16, f32)"))?;
-    let mut config = twain_core::synthetic::afm_config();
+    let mut config = twain_convert::synthetic::afm_config();
     let loaded = match name {
         "afm" | "afm-unshared" => {
             if name == "afm-unshared" {
@@ -770,7 +771,7 @@ fn synthetic_model(
             eprintln!(
                 "building random weights at the {name} shape (2-bit linears, 4-bit embeddings)..."
             );
-            let m = twain_core::synthetic::random_model(&config, Preset::Afm, 1)
+            let m = twain_convert::synthetic::random_model(&config, Preset::Afm, 1)
                 .map_err(|e| e.to_string())?;
             if let Some(out) = save {
                 twain_io::write_native(out, &twain_io::NativeModel::from_loaded(&m), &mut |_| {})

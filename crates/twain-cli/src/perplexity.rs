@@ -1,7 +1,7 @@
 //! `twain perplexity`.
 
 use twain::engine::Engine;
-use twain_core::eval::{perplexity, EvalReport};
+use twain_convert::eval::{perplexity, EvalReport};
 
 use crate::{progress_bar, Res};
 

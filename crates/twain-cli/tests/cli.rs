@@ -130,8 +130,8 @@ fn bench_runs_a_saved_synthetic_model() {
     let dir = std::env::temp_dir().join(format!("twain-synth-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tiny.twain");
-    let config = twain_core::synthetic::tiny_config(4);
-    let m = twain_core::synthetic::random_model(&config, twain_core::Preset::Afm, 3).unwrap();
+    let config = twain_convert::synthetic::tiny_config(4);
+    let m = twain_convert::synthetic::random_model(&config, twain_convert::Preset::Afm, 3).unwrap();
     twain_io::write_native(&path, &twain_io::NativeModel::from_loaded(&m), &mut |_| {}).unwrap();
     let (out, err, ok) = twain(&[
         "--threads",

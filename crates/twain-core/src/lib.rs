@@ -1,17 +1,23 @@
 //! twain-core: the transformer. Llama-family decoders (GQA, RoPE in both pair
 //! layouts with Llama-3 scaling, RMSNorm, optional QK-norm and q/k/v bias,
 //! SwiGLU, tied or untied LM head) over weights in any twain format, with a
-//! **cross-layer KV-sharing plan**: layers that read an earlier layer's cache
-//! hold no K/V weights and allocate no cache, and prefill runs the layers after
-//! the last K/V-owning one on the last prompt token only.
+//! **cross-layer KV-sharing plan** ([`KvPlan`]): layers that read an earlier
+//! layer's cache hold no K/V weights and allocate no cache, and prefill runs
+//! the layers after the last K/V-owning one on the last prompt token only.
+//!
+//! It holds the architecture: the config check, the plan, loading each layer
+//! from a tensor set, the forward pass and the KV cache. It does not convert
+//! or calibrate models, evaluate them or make random ones: that offline work
+//! is in `twain-convert`.
 //!
 //! ```
-//! use twain_core::{synthetic, Preset, Transformer, TransformerOptions};
+//! use twain_convert::{synthetic, Preset};
+//! use twain_core::{KvPlan, Transformer, TransformerOptions};
 //! use twain_model::Model;
 //!
 //! // A 4-layer random model where layers 2 and 3 read layer 1's cache.
 //! let mut config = synthetic::tiny_config(4);
-//! config.kv_source = twain_core::kv_share_plan(4, 1, 1).unwrap();
+//! config.kv_source = KvPlan::shared(4, 1, 1).unwrap().sources().to_vec();
 //! let loaded = synthetic::random_model(&config, Preset::F32, 7).unwrap();
 //! let model = Transformer::from_loaded(loaded, TransformerOptions::default()).unwrap();
 //! assert_eq!(model.kv_owning_layers(), 2);
@@ -24,17 +30,15 @@
 //! ```
 #![deny(missing_docs)]
 
-mod convert;
 mod error;
-pub mod eval;
 mod kv;
+mod plan;
 mod rope;
-pub mod synthetic;
 mod transformer;
 
-pub use convert::{apply_plan, convert, kv_share_plan, ConvertOptions, Preset, Progress};
 pub use error::CoreError;
 pub use kv::KvDtype;
+pub use plan::KvPlan;
 pub use transformer::{
     validate_config, LinearDelta, Observer, State, Transformer, TransformerOptions,
 };

@@ -10,7 +10,7 @@ use twain_model::{Model, ModelError, ModelInfo, SpecialTokens, TokenId};
 use twain_quant::{matmul, matmul_many, Parallelism};
 
 use crate::kv::{KvDtype, LayerCache};
-use crate::{rope, CoreError};
+use crate::{rope, CoreError, KvPlan};
 
 /// Build-time options of a [`Transformer`].
 #[derive(Debug, Clone)]
@@ -70,9 +70,7 @@ pub struct Transformer {
     lm_head: Option<Tensor>,
     final_norm: Vec<f32>,
     layers: Vec<Layer>,
-    n_caches: usize,
-    /// Layers after this one never write a cache.
-    last_owner: usize,
+    plan: KvPlan,
     inv_freq: Vec<f32>,
     id: u64,
 }
@@ -156,175 +154,150 @@ impl State {
     }
 }
 
-fn take(model: &mut LoadedModel, name: &str) -> Result<Tensor, CoreError> {
-    model.tensors.remove(name).ok_or_else(|| CoreError::Tensor {
-        name: name.to_string(),
-        problem: "missing from the model file".into(),
-    })
+/// Tensors under canonical names, taken out one by one with their shapes
+/// checked: what a [`Transformer`] is built from.
+struct TensorSource {
+    tensors: std::collections::BTreeMap<String, Tensor>,
 }
 
-fn take_opt(model: &mut LoadedModel, name: &str) -> Option<Tensor> {
-    model.tensors.remove(name)
-}
-
-fn check_shape(t: &Tensor, shape: &[usize]) -> Result<(), CoreError> {
-    if t.shape() != shape {
-        return Err(CoreError::Tensor {
-            name: t.name().to_string(),
-            problem: format!("expected shape {:?}, file has {:?}", shape, t.shape()),
-        });
+impl TensorSource {
+    fn take_opt(&mut self, name: &str) -> Option<Tensor> {
+        self.tensors.remove(name)
     }
-    Ok(())
+
+    fn take(&mut self, name: &str) -> Result<Tensor, CoreError> {
+        self.take_opt(name).ok_or_else(|| CoreError::Tensor {
+            name: name.to_string(),
+            problem: "missing from the model file".into(),
+        })
+    }
+
+    /// A matrix of exactly `shape` (rows, cols).
+    fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor, CoreError> {
+        let t = self.take(name)?;
+        if t.shape() != shape {
+            return Err(CoreError::Tensor {
+                name: name.to_string(),
+                problem: format!("expected shape {:?}, file has {:?}", shape, t.shape()),
+            });
+        }
+        Ok(t)
+    }
+
+    /// A vector of `len` values, required when `required`.
+    fn vector_opt(&mut self, name: &str, len: usize) -> Result<Option<Vec<f32>>, CoreError> {
+        let Some(t) = self.take_opt(name) else {
+            return Ok(None);
+        };
+        let numel: usize = t.shape().iter().product();
+        if numel != len {
+            return Err(CoreError::Tensor {
+                name: name.to_string(),
+                problem: format!("expected {len} values, file has shape {:?}", t.shape()),
+            });
+        }
+        Ok(Some(t.to_f32()?))
+    }
+
+    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, CoreError> {
+        self.vector_opt(name, len)?
+            .ok_or_else(|| CoreError::Tensor {
+                name: name.to_string(),
+                problem: "missing from the model file (the config requires it)".into(),
+            })
+    }
+
+    /// `name` when `wanted`, and an error if it is present when not.
+    fn vector_if(
+        &mut self,
+        wanted: bool,
+        name: &str,
+        len: usize,
+    ) -> Result<Option<Vec<f32>>, CoreError> {
+        if wanted {
+            self.vector(name, len).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
 }
 
-fn vector(t: Tensor, len: usize) -> Result<Vec<f32>, CoreError> {
-    let numel: usize = t.shape().iter().product();
-    if numel != len {
-        return Err(CoreError::Tensor {
-            name: t.name().to_string(),
-            problem: format!("expected {len} values, file has shape {:?}", t.shape()),
-        });
+impl Layer {
+    /// Layer `l`'s weights: attention (K/V parts only when the plan says the
+    /// layer owns its cache) and FFN.
+    fn load(
+        src: &mut TensorSource,
+        c: &ModelConfig,
+        plan: &KvPlan,
+        l: usize,
+    ) -> Result<Self, CoreError> {
+        let p = format!("blk.{l}.");
+        let (d, hd) = (c.d_model, c.head_dim);
+        let (q_dim, kv_dim) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let owns = plan.owns(l);
+        if !owns {
+            for name in KvPlan::kv_tensor_names(l) {
+                if src.tensors.contains_key(&name) {
+                    return Err(CoreError::Tensor {
+                        name,
+                        problem: format!(
+                            "layer {l} reads the K/V cache of layer {} and must not have its own K/V projection",
+                            plan.source(l)
+                        ),
+                    });
+                }
+            }
+        }
+        let kv = |src: &mut TensorSource, n: &str| -> Result<Option<Tensor>, CoreError> {
+            owns.then(|| src.matrix(&format!("{p}{n}.weight"), [kv_dim, d]))
+                .transpose()
+        };
+        Ok(Layer {
+            attn_norm: src.vector(&format!("{p}attn_norm.weight"), d)?,
+            wq: src.matrix(&format!("{p}attn_q.weight"), [q_dim, d])?,
+            wk: kv(src, "attn_k")?,
+            wv: kv(src, "attn_v")?,
+            wo: src.matrix(&format!("{p}attn_output.weight"), [d, q_dim])?,
+            bq: src.vector_if(c.qkv_bias, &format!("{p}attn_q.bias"), q_dim)?,
+            bk: src.vector_if(c.qkv_bias && owns, &format!("{p}attn_k.bias"), kv_dim)?,
+            bv: src.vector_if(c.qkv_bias && owns, &format!("{p}attn_v.bias"), kv_dim)?,
+            q_norm: src.vector_if(c.qk_norm, &format!("{p}attn_q_norm.weight"), hd)?,
+            // Only a layer that computes K normalises it.
+            k_norm: src.vector_if(c.qk_norm && owns, &format!("{p}attn_k_norm.weight"), hd)?,
+            ffn_norm: src.vector(&format!("{p}ffn_norm.weight"), d)?,
+            w_gate: src.matrix(&format!("{p}ffn_gate.weight"), [c.ffn_hidden, d])?,
+            w_up: src.matrix(&format!("{p}ffn_up.weight"), [c.ffn_hidden, d])?,
+            w_down: src.matrix(&format!("{p}ffn_down.weight"), [d, c.ffn_hidden])?,
+            cache: plan.cache_index(l),
+        })
     }
-    Ok(t.to_f32()?)
 }
 
 impl Transformer {
     /// Build from a loaded model description (any mix of twain formats).
-    pub fn from_loaded(
-        mut model: LoadedModel,
-        opts: TransformerOptions,
-    ) -> Result<Self, CoreError> {
+    pub fn from_loaded(model: LoadedModel, opts: TransformerOptions) -> Result<Self, CoreError> {
         let c = model.config.clone();
-        validate_config(&c)?;
-        let (d, hd) = (c.d_model, c.head_dim);
-        let q_dim = c.n_heads * hd;
-        let kv_dim = c.n_kv_heads * hd;
-        let embed = take(&mut model, "token_embd.weight")?;
-        check_shape(&embed, &[c.vocab_size, d])?;
+        let plan = validate_config(&c)?;
+        let mut src = TensorSource {
+            tensors: model.tensors,
+        };
+        let d = c.d_model;
+        let embed = src.matrix("token_embd.weight", [c.vocab_size, d])?;
         let lm_head = if c.tied_embeddings {
             None
         } else {
-            let t = take(&mut model, "output.weight")?;
-            check_shape(&t, &[c.vocab_size, d])?;
-            Some(t)
+            Some(src.matrix("output.weight", [c.vocab_size, d])?)
         };
-        let final_norm = vector(take(&mut model, "output_norm.weight")?, d)?;
-        let mut cache_of = vec![usize::MAX; c.n_layers];
-        let mut n_caches = 0;
-        let mut last_owner = 0;
-        for (l, slot) in cache_of.iter_mut().enumerate() {
-            if c.kv_source[l] == l {
-                *slot = n_caches;
-                n_caches += 1;
-                last_owner = l;
+        let final_norm = src.vector("output_norm.weight", d)?;
+        let layers = (0..c.n_layers)
+            .map(|l| Layer::load(&mut src, &c, &plan, l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut inv_freq = rope::inv_freqs(c.head_dim, c.rope_theta, c.rope_scaling);
+        // Llama 3.1 GGUFs carry their RoPE scaling as per-frequency divisors.
+        if let Some(f) = src.vector_opt("rope_freqs.weight", c.head_dim / 2)? {
+            for (a, b) in inv_freq.iter_mut().zip(&f) {
+                *a /= b;
             }
-        }
-        let mut layers = Vec::with_capacity(c.n_layers);
-        for l in 0..c.n_layers {
-            let p = format!("blk.{l}.");
-            let owns_kv = c.kv_source[l] == l;
-            let mat =
-                |m: &mut LoadedModel, n: &str, shape: [usize; 2]| -> Result<Tensor, CoreError> {
-                    let t = take(m, &format!("{p}{n}.weight"))?;
-                    check_shape(&t, &shape)?;
-                    Ok(t)
-                };
-            let wq = mat(&mut model, "attn_q", [q_dim, d])?;
-            let (wk, wv) = if owns_kv {
-                (
-                    Some(mat(&mut model, "attn_k", [kv_dim, d])?),
-                    Some(mat(&mut model, "attn_v", [kv_dim, d])?),
-                )
-            } else {
-                for n in [
-                    "attn_k.weight",
-                    "attn_v.weight",
-                    "attn_k.bias",
-                    "attn_v.bias",
-                ] {
-                    if model.tensors.contains_key(&format!("{p}{n}")) {
-                        return Err(CoreError::Tensor {
-                            name: format!("{p}{n}"),
-                            problem: format!(
-                                "layer {l} reads the K/V cache of layer {} and must not have its own K/V projection",
-                                c.kv_source[l]
-                            ),
-                        });
-                    }
-                }
-                (None, None)
-            };
-            let wo = mat(&mut model, "attn_output", [d, q_dim])?;
-            let w_gate = mat(&mut model, "ffn_gate", [c.ffn_hidden, d])?;
-            let w_up = mat(&mut model, "ffn_up", [c.ffn_hidden, d])?;
-            let w_down = mat(&mut model, "ffn_down", [d, c.ffn_hidden])?;
-            let attn_norm = vector(take(&mut model, &format!("{p}attn_norm.weight"))?, d)?;
-            let ffn_norm = vector(take(&mut model, &format!("{p}ffn_norm.weight"))?, d)?;
-            let opt_vec =
-                |m: &mut LoadedModel, n: &str, len: usize| -> Result<Option<Vec<f32>>, CoreError> {
-                    take_opt(m, &format!("{p}{n}"))
-                        .map(|t| vector(t, len))
-                        .transpose()
-                };
-            let (bq, bk, bv) = if c.qkv_bias {
-                (
-                    Some(
-                        opt_vec(&mut model, "attn_q.bias", q_dim)?
-                            .ok_or_else(|| missing(&p, "attn_q.bias"))?,
-                    ),
-                    if owns_kv {
-                        Some(
-                            opt_vec(&mut model, "attn_k.bias", kv_dim)?
-                                .ok_or_else(|| missing(&p, "attn_k.bias"))?,
-                        )
-                    } else {
-                        None
-                    },
-                    if owns_kv {
-                        Some(
-                            opt_vec(&mut model, "attn_v.bias", kv_dim)?
-                                .ok_or_else(|| missing(&p, "attn_v.bias"))?,
-                        )
-                    } else {
-                        None
-                    },
-                )
-            } else {
-                (None, None, None)
-            };
-            let (q_norm, k_norm) = if c.qk_norm {
-                (
-                    Some(
-                        opt_vec(&mut model, "attn_q_norm.weight", hd)?
-                            .ok_or_else(|| missing(&p, "attn_q_norm.weight"))?,
-                    ),
-                    // Only a layer that computes K normalises it.
-                    match opt_vec(&mut model, "attn_k_norm.weight", hd)? {
-                        Some(w) if owns_kv => Some(w),
-                        None if owns_kv => return Err(missing(&p, "attn_k_norm.weight")),
-                        _ => None,
-                    },
-                )
-            } else {
-                (None, None)
-            };
-            layers.push(Layer {
-                attn_norm,
-                ffn_norm,
-                wq,
-                wk,
-                wv,
-                wo,
-                bq,
-                bk,
-                bv,
-                q_norm,
-                k_norm,
-                w_gate,
-                w_up,
-                w_down,
-                cache: cache_of[c.kv_source[l]],
-            });
         }
         let context_length = opts
             .context_length
@@ -335,14 +308,6 @@ impl Transformer {
             context_length,
             special: SpecialTokens::default(),
         };
-        let mut inv_freq = rope::inv_freqs(hd, c.rope_theta, c.rope_scaling);
-        // Llama 3.1 GGUFs carry their RoPE scaling as per-frequency divisors.
-        if let Some(t) = take_opt(&mut model, "rope_freqs.weight") {
-            let f = vector(t, hd / 2)?;
-            for (a, b) in inv_freq.iter_mut().zip(&f) {
-                *a /= b;
-            }
-        }
         Ok(Self {
             config: c,
             info,
@@ -354,8 +319,7 @@ impl Transformer {
             lm_head,
             final_norm,
             layers,
-            n_caches,
-            last_owner,
+            plan,
             inv_freq,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
@@ -364,6 +328,11 @@ impl Transformer {
     /// The model description.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// The KV-sharing plan.
+    pub fn kv_plan(&self) -> &KvPlan {
+        &self.plan
     }
 
     /// The options it was built with.
@@ -378,14 +347,14 @@ impl Transformer {
 
     /// KV-cache bytes one token occupies with this model's plan and cache type.
     pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.n_caches
+        2 * self.plan.n_caches()
             * self.config.n_kv_heads
             * self.opts.kv_dtype.row_bytes(self.config.head_dim)
     }
 
     /// Number of layers that own a K/V cache.
     pub fn kv_owning_layers(&self) -> usize {
-        self.n_caches
+        self.plan.n_caches()
     }
 
     /// Weight bytes of all tensors (what decode reads per token, plus one embedding row).
@@ -549,7 +518,7 @@ impl Transformer {
             }
             let obs = &mut observer;
             for (l, layer) in self.layers.iter().enumerate() {
-                if skip && l > self.last_owner {
+                if skip && self.plan.prefill_skip_start().is_some_and(|s| l >= s) {
                     if !is_last_chunk {
                         break;
                     }
@@ -795,13 +764,6 @@ enum Output<'a> {
     All(&'a mut [f32]),
 }
 
-fn missing(prefix: &str, name: &str) -> CoreError {
-    CoreError::Tensor {
-        name: format!("{prefix}{name}"),
-        problem: "missing from the model file (the config requires it)".into(),
-    }
-}
-
 fn linear(
     w: &Tensor,
     x: &[f32],
@@ -888,8 +850,9 @@ fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
-/// Check a config for the consistency the forward pass relies on.
-pub fn validate_config(c: &ModelConfig) -> Result<(), CoreError> {
+/// Check a config for the consistency the forward pass relies on, and
+/// return its KV plan.
+pub fn validate_config(c: &ModelConfig) -> Result<KvPlan, CoreError> {
     let bad = |m: String| Err(CoreError::Config(m));
     if c.n_layers == 0
         || c.d_model == 0
@@ -917,21 +880,13 @@ pub fn validate_config(c: &ModelConfig) -> Result<(), CoreError> {
             c.n_layers
         ));
     }
-    for (l, &s) in c.kv_source.iter().enumerate() {
-        if s > l || c.kv_source[s] != s {
-            return bad(format!("layer {l} reads the K/V of layer {s}, which is not an earlier (or the same) layer owning K/V"));
-        }
-    }
-    if c.kv_source[0] != 0 {
-        return bad("layer 0 must own its K/V".into());
-    }
     if c.rms_eps.is_nan() || c.rms_eps <= 0.0 || c.rope_theta.is_nan() || c.rope_theta <= 0.0 {
         return bad(format!(
             "rms_eps {} and rope_theta {} must be positive",
             c.rms_eps, c.rope_theta
         ));
     }
-    Ok(())
+    KvPlan::from_sources(c.kv_source.clone())
 }
 
 impl Model for Transformer {
@@ -945,7 +900,7 @@ impl Model for Transformer {
         State {
             model_id: self.id,
             pos: 0,
-            caches: (0..self.n_caches)
+            caches: (0..self.plan.n_caches())
                 .map(|_| {
                     LayerCache::new(
                         self.opts.kv_dtype,

@@ -4,9 +4,8 @@
 
 use std::sync::Arc;
 
-use twain_core::{
-    kv_share_plan, synthetic, KvDtype, ModelConfig, Preset, Transformer, TransformerOptions,
-};
+use twain_convert::{synthetic, Preset};
+use twain_core::{KvDtype, KvPlan, ModelConfig, Transformer, TransformerOptions};
 use twain_io::RopeLayout;
 use twain_model::{Model, ModelError};
 
@@ -101,7 +100,7 @@ fn chunk_size_does_not_change_logits() {
 #[test]
 fn kv_shared_prefill_skip_equals_naive_computation() {
     let mut config = synthetic::tiny_config(8);
-    config.kv_source = kv_share_plan(8, 5, 3).unwrap();
+    config.kv_source = KvPlan::shared(8, 5, 3).unwrap().sources().to_vec();
     assert_eq!(config.kv_source, vec![0, 1, 2, 3, 4, 4, 4, 4]);
     let toks = prompt(33, config.vocab_size);
     for chunk in [5, 64] {
@@ -147,7 +146,7 @@ fn kv_shared_prefill_skip_equals_naive_computation() {
 fn kv_sharing_layers_hold_no_kv_and_cache_shrinks_by_the_plan() {
     let plain = synthetic::tiny_config(8);
     let mut shared = plain.clone();
-    shared.kv_source = kv_share_plan(8, 5, 3).unwrap();
+    shared.kv_source = KvPlan::shared(8, 5, 3).unwrap().sources().to_vec();
     let loaded = synthetic::random_model(&shared, Preset::F32, 1).unwrap();
     for l in 5..8 {
         assert!(!loaded

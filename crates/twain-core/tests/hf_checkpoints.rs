@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use twain_core::{convert, ConvertOptions, KvDtype, Preset, Transformer, TransformerOptions};
+use twain_convert::{convert, ConvertOptions, Preset};
+use twain_core::{KvDtype, Transformer, TransformerOptions};
 use twain_model::Model;
 
 fn fixture(name: &str) -> PathBuf {

@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use twain_adapters::LoraAdapter;
+use twain_convert::{convert, ConvertOptions, Preset, Progress};
 use twain_core::LinearDelta;
-use twain_core::{
-    convert, ConvertOptions, KvDtype, Preset, Progress, Transformer, TransformerOptions,
-};
+use twain_core::{KvDtype, Transformer, TransformerOptions};
 use twain_model::{SpecialTokens, TokenId};
 use twain_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
@@ -265,34 +264,18 @@ pub fn default_model_path(
 }
 
 /// What the built-in calibration text is, for provenance.
-pub const CALIBRATION_NAME: &str = "kjv-exodus-1-20, first 8192 tokens, windows of 512";
+pub use twain_convert::calib::CALIBRATION_NAME;
 
 /// Presets whose quantizers are weighted by activation statistics.
 pub fn needs_calibration(preset: Preset) -> bool {
     matches!(preset, Preset::Q4 | Preset::Afm)
 }
 
-/// Per-column importance of every linear layer of the model at `path`,
-/// measured at full precision on the built-in calibration text (Exodus 1-20,
-/// never the evaluation text).
-pub fn calibrate_file(
+fn calibrate_file(
     path: &Path,
     tokenizer: &Tokenizer,
 ) -> Result<std::collections::BTreeMap<String, Vec<f32>>, Error> {
-    let loaded = twain_io::load_model(path).map_err(load_err)?;
-    let model = Transformer::from_loaded(
-        loaded,
-        TransformerOptions {
-            kv_dtype: KvDtype::F32,
-            ..Default::default()
-        },
-    )
-    .map_err(load_err)?;
-    let tokens = tokenizer
-        .encode(twain_core::eval::CALIBRATION_TEXT, false)
-        .map_err(load_err)?;
-    let n = tokens.len().min(8192);
-    twain_core::eval::calibrate(&model, &tokens[..n], 512, |_, _| {}).map_err(load_err)
+    twain_convert::calib::importance_of_file(path, tokenizer).map_err(load_err)
 }
 
 impl Engine {

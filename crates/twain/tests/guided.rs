@@ -16,7 +16,7 @@ use twain::engine::{Engine, LoadOptions};
 use twain::guide::{extends, Constraint};
 use twain::guided::{schema_of, GuidedOptions};
 use twain::{EndReason, Event, GenerateOptions, GuidedError, Role, TypedEvent};
-use twain_core::Preset;
+use twain_convert::Preset;
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();

@@ -3,7 +3,7 @@
 
 use twain::engine::{Engine, LoadOptions};
 use twain::{EndReason, Error, GenerateOptions, Model};
-use twain_core::Preset;
+use twain_convert::Preset;
 
 fn engine(context: Option<usize>) -> Engine {
     let path = twain_io::fetch::ensure_default_gguf().unwrap_or_else(|e| {

@@ -13,7 +13,7 @@ use twain::tools::{
     tool_turn_schema, DynTool, Tool, ToolChoice, ToolError, ToolErrorPolicy, ToolOptions,
 };
 use twain::{GuidedError, Role};
-use twain_core::Preset;
+use twain_convert::Preset;
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();

@@ -4,7 +4,7 @@
 
 use twain_model::{Model, ModelError, TokenId};
 
-use crate::Transformer;
+use twain_core::Transformer;
 
 /// Result of [`perplexity`].
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -124,7 +124,12 @@ pub fn calibrate(
     tokens: &[TokenId],
     ctx: usize,
     mut progress: impl FnMut(usize, usize),
-) -> Result<std::collections::BTreeMap<String, Vec<f32>>, ModelError> {
+) -> Result<std::collections::BTreeMap<String, Vec<f32>>, crate::ConvertError> {
+    if tokens.is_empty() {
+        return Err(crate::ConvertError::Calibration(
+            "no calibration tokens".into(),
+        ));
+    }
     use std::collections::BTreeMap;
     let mut sums: BTreeMap<String, (Vec<f64>, usize)> = BTreeMap::new();
     let ctx = ctx.max(1).min(model.info().context_length);
@@ -161,7 +166,3 @@ pub fn calibrate(
         })
         .collect())
 }
-
-/// Default calibration text: Exodus 1-20 (King James Version, public
-/// domain), disjoint from the evaluation text (Genesis).
-pub const CALIBRATION_TEXT: &str = include_str!("../data/kjv-exodus-1-20.txt");

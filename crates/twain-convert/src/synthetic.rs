@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use twain_io::{LoadedModel, ModelConfig, RopeLayout, Tensor};
 use twain_quant::{quantize, QuantFormat, QuantizeOptions};
 
-use crate::convert::Preset;
-use crate::CoreError;
+use crate::ConvertError;
+use crate::Preset;
 
 /// A small deterministic generator (SplitMix64), so tests need no RNG crate.
 pub struct SplitMix(u64);
@@ -84,8 +84,8 @@ pub fn random_model(
     config: &ModelConfig,
     preset: Preset,
     seed: u64,
-) -> Result<LoadedModel, CoreError> {
-    crate::transformer::validate_config(config)?;
+) -> Result<LoadedModel, ConvertError> {
+    twain_core::validate_config(config)?;
     let c = config;
     let (d, hd) = (c.d_model, c.head_dim);
     let mut shapes: Vec<(String, Vec<usize>)> = vec![

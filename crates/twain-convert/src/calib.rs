@@ -1,0 +1,58 @@
+//! Calibration data and the statistics measured on it.
+//!
+//! The built-in text is Exodus 1-20 (King James Version, public domain),
+//! disjoint from the evaluation text (Genesis): quality figures are measured
+//! on text calibration never saw.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use twain_core::{KvDtype, Transformer, TransformerOptions};
+use twain_tokenizer::Tokenizer;
+
+use crate::ConvertError;
+
+/// Default calibration text: Exodus 1-20 (King James Version, public
+/// domain), disjoint from the evaluation text (Genesis).
+pub const CALIBRATION_TEXT: &str = include_str!("../data/kjv-exodus-1-20.txt");
+
+/// What the built-in calibration is, for provenance.
+pub const CALIBRATION_NAME: &str = "kjv-exodus-1-20, first 8192 tokens, windows of 512";
+
+/// Tokens of the built-in calibration text used for calibration.
+pub const CALIBRATION_TOKENS: usize = 8192;
+
+/// Window length of calibration forward passes.
+pub const CALIBRATION_WINDOW: usize = 512;
+
+/// The first [`CALIBRATION_TOKENS`] tokens of [`CALIBRATION_TEXT`].
+pub fn calibration_tokens(tokenizer: &Tokenizer) -> Result<Vec<u32>, ConvertError> {
+    let mut tokens = tokenizer.encode(CALIBRATION_TEXT, false)?;
+    tokens.truncate(CALIBRATION_TOKENS);
+    Ok(tokens)
+}
+
+/// The model at `path` at full precision (f32 weights as read, f32 KV cache):
+/// the teacher that calibration and evaluation measure against.
+pub fn load_reference(path: &Path) -> Result<Transformer, ConvertError> {
+    let loaded = twain_io::load_model(path)?;
+    Ok(Transformer::from_loaded(
+        loaded,
+        TransformerOptions {
+            kv_dtype: KvDtype::F32,
+            ..Default::default()
+        },
+    )?)
+}
+
+/// Per-column importance of every linear layer of the model at `path`
+/// (mean squared input activation), measured at full precision on the
+/// built-in calibration text.
+pub fn importance_of_file(
+    path: &Path,
+    tokenizer: &Tokenizer,
+) -> Result<BTreeMap<String, Vec<f32>>, ConvertError> {
+    let model = load_reference(path)?;
+    let tokens = calibration_tokens(tokenizer)?;
+    crate::eval::calibrate(&model, &tokens, CALIBRATION_WINDOW, |_, _| {})
+}
