@@ -139,6 +139,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 },
                 progress: None,
                 embedding_format,
+                ..Default::default()
             },
         )?;
         let model = Transformer::from_loaded(

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 
 use twain_core::KvPlan;
 use twain_io::{LoadedModel, Tensor};
-use twain_quant::{quantize, QuantFormat, QuantizeOptions};
+use twain_quant::{grid, quantize, QuantFormat, QuantizeOptions};
 
+use crate::gptq::{gptq, GptqOptions};
+use crate::hessian::{input_of, Hessian};
 use crate::{ConvertError, Preset};
 
 /// Progress callback: (done, total, tensor name).
@@ -19,6 +21,13 @@ pub struct ConvertOptions<'a> {
     pub kv_share: Option<(usize, usize)>,
     /// Per-tensor importance (mean squared input per column) from calibration.
     pub importance: BTreeMap<String, Vec<f32>>,
+    /// Input second moments of the linears from calibration
+    /// ([`hessian::collect`](crate::hessian::collect)): their diagonals weigh
+    /// the clipping search of tensors without an `importance` entry.
+    pub hessians: Option<&'a BTreeMap<String, Hessian>>,
+    /// Round decoder linears with error feedback under their `hessians`
+    /// ([`gptq`](crate::gptq::gptq)) instead of to the nearest codes.
+    pub error_feedback: Option<GptqOptions>,
     /// Called after each tensor with (done, total, name).
     pub progress: Option<Progress<'a>>,
     /// Override the preset's format for the embedding table / LM head.
@@ -53,16 +62,40 @@ pub fn convert(
             let new = if target == QuantFormat::F32 || shape.len() != 2 {
                 Tensor::from_f32(name.clone(), shape, data)?
             } else {
-                let qopts = QuantizeOptions {
-                    importance: opts.importance.get(name).cloned(),
-                    no_clip_search: false,
-                };
-                let m = quantize(target, shape[0], shape[1], &data, &qopts).map_err(|e| {
-                    ConvertError::Tensor {
-                        name: name.clone(),
-                        source: e,
+                let h = opts
+                    .hessians
+                    .and_then(|hs| hs.get(&input_of(name)?))
+                    .filter(|h| h.cols == shape[1]);
+                let feedback = opts
+                    .error_feedback
+                    .as_ref()
+                    .filter(|_| name.starts_with("blk.") && grid::has_grid(target) && h.is_some());
+                let m = match (feedback, h) {
+                    (Some(g), Some(h)) => gptq(target, shape[0], shape[1], &data, &h.h, g)
+                        .map_err(|e| match e {
+                            ConvertError::Quant(source) => ConvertError::Tensor {
+                                name: name.clone(),
+                                source,
+                            },
+                            e => e,
+                        })?,
+                    _ => {
+                        let qopts = QuantizeOptions {
+                            importance: opts
+                                .importance
+                                .get(name)
+                                .cloned()
+                                .or_else(|| h.map(|h| h.mean_square())),
+                            no_clip_search: false,
+                        };
+                        quantize(target, shape[0], shape[1], &data, &qopts).map_err(|e| {
+                            ConvertError::Tensor {
+                                name: name.clone(),
+                                source: e,
+                            }
+                        })?
                     }
-                })?;
+                };
                 Tensor::from_qmatrix(name.clone(), shape, m)?
             };
             model.tensors.insert(name.clone(), new);

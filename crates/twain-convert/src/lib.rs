@@ -24,7 +24,11 @@ pub mod calib;
 mod convert;
 mod error;
 pub mod eval;
+pub mod gptq;
+pub mod hessian;
+mod linalg;
 mod preset;
+pub mod rotate;
 pub mod synthetic;
 
 pub use convert::{apply_plan, convert, ConvertOptions, Progress};

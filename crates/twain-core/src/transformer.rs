@@ -69,6 +69,10 @@ pub struct Transformer {
     embed: Tensor,
     lm_head: Option<Tensor>,
     final_norm: Vec<f32>,
+    /// Signs `D` of the residual rotation `x D H` (`rotation.residual`).
+    rot_residual: Option<Vec<f32>>,
+    /// Signs of the online rotation of the down projection's input.
+    rot_down: Option<Vec<f32>>,
     layers: Vec<Layer>,
     plan: KvPlan,
     inv_freq: Vec<f32>,
@@ -289,6 +293,8 @@ impl Transformer {
             Some(src.matrix("output.weight", [c.vocab_size, d])?)
         };
         let final_norm = src.vector("output_norm.weight", d)?;
+        let rot_residual = rotation_signs(&mut src, "rotation.residual", d)?;
+        let rot_down = rotation_signs(&mut src, "rotation.ffn_down", c.ffn_hidden)?;
         let layers = (0..c.n_layers)
             .map(|l| Layer::load(&mut src, &c, &plan, l))
             .collect::<Result<Vec<_>, _>>()?;
@@ -318,6 +324,8 @@ impl Transformer {
             embed,
             lm_head,
             final_norm,
+            rot_residual,
+            rot_down,
             layers,
             plan,
             inv_freq,
@@ -380,6 +388,30 @@ impl Transformer {
             }
         }
         n
+    }
+
+    /// Bytes and weights of the decoder's linear layers (every scale counted;
+    /// embeddings and LM head excluded): bits per weight = 8 bytes / weights.
+    pub fn linear_footprint(&self) -> (usize, usize) {
+        let (mut bytes, mut weights) = (0, 0);
+        for l in &self.layers {
+            for t in [
+                Some(&l.wq),
+                l.wk.as_ref(),
+                l.wv.as_ref(),
+                Some(&l.wo),
+                Some(&l.w_gate),
+                Some(&l.w_up),
+                Some(&l.w_down),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                bytes += t.matrix().map(|m| m.data().len()).unwrap_or(0);
+                weights += t.shape().iter().product::<usize>();
+            }
+        }
+        (bytes, weights)
     }
 
     /// (rows, cols) of a linear layer's weight, by canonical name.
@@ -516,6 +548,10 @@ impl Transformer {
             for (i, &t) in toks.iter().enumerate() {
                 embed.dequantize_row(t as usize, &mut x[i * d..(i + 1) * d])?;
             }
+            if let Some(sg) = &self.rot_residual {
+                // The residual stream lives in the rotated basis x D H.
+                rotate_rows(&mut x, sg, false)?;
+            }
             let obs = &mut observer;
             for (l, layer) in self.layers.iter().enumerate() {
                 if skip && self.plan.prefill_skip_start().is_some_and(|s| l >= s) {
@@ -535,6 +571,11 @@ impl Transformer {
             state.pos = p0 + n;
             state.tokens_processed += n as u64;
             let rows = x.len() / d;
+            if let Some(sg) = &self.rot_residual {
+                if is_last_chunk || matches!(out, Output::All(_)) {
+                    rotate_rows(&mut x, sg, true)?;
+                }
+            }
             match &mut out {
                 Output::Last(logits) if is_last_chunk => {
                     self.head(&x[(rows - 1) * d..], logits, obs)?;
@@ -753,6 +794,10 @@ impl Transformer {
         per_row(g, f, |i, gi| {
             twain_quant::attn::swiglu(gi, &u[i * f..(i + 1) * f])
         });
+        if let Some(sg) = &self.rot_down {
+            // Online Hadamard of the down input; its inverse is in w_down.
+            rotate_rows(g, sg, false)?;
+        }
         linear(&layer.w_down, g, o, obs, ad)?;
         add_rows(x, o, d);
         Ok(())
@@ -803,6 +848,53 @@ fn linear_many(
                     problem: format!("adapter: {problem}"),
                 })?;
         }
+    }
+    Ok(())
+}
+
+/// Signs of an online rotation, if the model has one: each +1 or -1, of a
+/// width the Hadamard transform supports.
+fn rotation_signs(
+    src: &mut TensorSource,
+    name: &str,
+    len: usize,
+) -> Result<Option<Vec<f32>>, CoreError> {
+    let Some(s) = src.vector_opt(name, len)? else {
+        return Ok(None);
+    };
+    let bad = |problem: String| CoreError::Tensor {
+        name: name.to_string(),
+        problem,
+    };
+    if !twain_quant::hadamard::supported(len) {
+        return Err(bad(format!(
+            "a rotation of width {len} (the Hadamard transform takes 2^k * 12^j, j <= 2)"
+        )));
+    }
+    if let Some(i) = s.iter().position(|&v| v != 1.0 && v != -1.0) {
+        return Err(bad(format!("entry {i} is {}, not +1 or -1", s[i])));
+    }
+    Ok(Some(s))
+}
+
+/// Rotate every row of `x` (rows of `signs.len()`): `x <- x D H`, or with
+/// `inverse` `x <- x H^T D`.
+fn rotate_rows(x: &mut [f32], signs: &[f32], inverse: bool) -> Result<(), CoreError> {
+    let n = signs.len();
+    let job = |row: &mut [f32]| -> Result<(), twain_quant::QuantError> {
+        if inverse {
+            twain_quant::hadamard::transform_transposed(row)?;
+            row.iter_mut().zip(signs).for_each(|(a, b)| *a *= b);
+        } else {
+            row.iter_mut().zip(signs).for_each(|(a, b)| *a *= b);
+            twain_quant::hadamard::transform(row)?;
+        }
+        Ok(())
+    };
+    if x.len() >= 1 << 15 {
+        x.par_chunks_mut(n).try_for_each(job)?;
+    } else {
+        x.chunks_mut(n).try_for_each(job)?;
     }
     Ok(())
 }

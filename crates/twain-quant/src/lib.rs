@@ -40,6 +40,7 @@ pub mod attn;
 pub mod blocks;
 pub mod f32v;
 mod format;
+pub mod grid;
 pub mod hadamard;
 pub mod int8;
 pub mod kernels;

@@ -311,6 +311,35 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// The batched float kernels (f32 / f16 weights) at any row length, not
+    /// only whole blocks: the vector loop and its scalar tail.
+    #[test]
+    fn batched_float_matmul_any_width(rows in 1usize..12, cols in 1usize..90, n in 2usize..8, seed in prop::collection::vec(-1.0f32..1.0, 1024)) {
+        let w: Vec<f32> = (0..rows * cols).map(|i| seed[(i * 13) % 1024]).collect();
+        let x: Vec<f32> = (0..n * cols).map(|i| seed[(i * 7 + 1) % 1024] * 3.0).collect();
+        for fmt in [QuantFormat::F32, QuantFormat::F16] {
+            let q = twain_quant::quantize(fmt, rows, cols, &w, &Default::default()).unwrap();
+            let deq = q.as_ref().dequantize();
+            let mut want = vec![f32::NAN; n * rows];
+            twain_quant::matmul_f32_with(&SCALAR, &q.as_ref(), &x, &mut want, Parallelism::Sequential).unwrap();
+            for k in others() {
+                let mut got = vec![f32::NAN; n * rows];
+                twain_quant::matmul_f32_with(k, &q.as_ref(), &x, &mut got, Parallelism::Sequential).unwrap();
+                for j in 0..n {
+                    for r in 0..rows {
+                        let mag: f32 = (0..cols).map(|c| (deq[r * cols + c] * x[j * cols + c]).abs()).sum();
+                        let (a, b) = (got[j * rows + r], want[j * rows + r]);
+                        prop_assert!(close(a, b, mag), "{fmt} {:?} y[{j}][{r}]: {a} vs {b}", k.backend);
+                    }
+                }
+            }
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
     /// `matmul_many` over matrices of mixed formats and heights gives exactly

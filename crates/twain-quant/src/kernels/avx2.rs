@@ -49,8 +49,8 @@ pub static KERNELS: Kernels = Kernels {
     q4_gemm,
     q8_gemm,
     panel,
-    f32_gemm: None,
-    f16_gemm: None,
+    f32_gemm: Some(f32_gemm),
+    f16_gemm: Some(f16_gemm),
 };
 
 fn check() {
@@ -1233,4 +1233,150 @@ unsafe fn axpy_i8_impl(alpha: f32, q: &[i8], y: &mut [f32]) {
     for j in i..n {
         y[j] += alpha * q[j] as f32;
     }
+}
+
+/// A float weight format as the AVX2 batched kernels see it.
+trait FloatFmt {
+    const BYTES: usize;
+    /// 8 weights from element `i` of the row.
+    unsafe fn load8(row: *const u8, i: usize) -> __m256;
+    /// Weight `i` of the row.
+    unsafe fn load1(row: *const u8, i: usize) -> f32;
+}
+
+struct F32F;
+struct F16F;
+
+impl FloatFmt for F32F {
+    const BYTES: usize = 4;
+    #[inline(always)]
+    unsafe fn load8(row: *const u8, i: usize) -> __m256 {
+        // SAFETY: the caller passes 8 elements inside the row.
+        unsafe { _mm256_loadu_ps((row as *const f32).add(i)) }
+    }
+    #[inline(always)]
+    unsafe fn load1(row: *const u8, i: usize) -> f32 {
+        // SAFETY: the caller passes an element inside the row.
+        unsafe { (row as *const f32).add(i).read_unaligned() }
+    }
+}
+
+impl FloatFmt for F16F {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    unsafe fn load8(row: *const u8, i: usize) -> __m256 {
+        // SAFETY: the caller passes 8 elements inside the row.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128((row as *const u16).add(i) as *const __m128i)) }
+    }
+    #[inline(always)]
+    unsafe fn load1(row: *const u8, i: usize) -> f32 {
+        // SAFETY: the caller passes an element inside the row.
+        f16_to_f32(unsafe { (row as *const u16).add(i).read_unaligned() })
+    }
+}
+
+/// `R` float rows times `C` columns of `x` from `j0`: one accumulator per
+/// (row, column), each weight and activation vector loaded once per tile
+/// (4 x 3 accumulators + 3 activations + 1 weight = 16 registers).
+#[inline(always)]
+unsafe fn float_tile<F: FloatFmt, const R: usize, const C: usize>(
+    w: *const u8,
+    cols: usize,
+    x: &[f32],
+    j0: usize,
+    out: &OutTile<'_>,
+    r0: usize,
+) {
+    // SAFETY: whole rows (caller), x columns j0 .. j0 + C exist (caller), the
+    // vector loop stays below `cols`; the caller owns rows r0 .. r0 + R of `out`.
+    unsafe {
+        let rb = cols * F::BYTES;
+        let xp = x.as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut i = 0;
+        while i + 8 <= cols {
+            let mut xv = [_mm256_setzero_ps(); C];
+            for c in 0..C {
+                xv[c] = _mm256_loadu_ps(xp.add((j0 + c) * cols + i));
+            }
+            for r in 0..R {
+                let wv = F::load8(w.add(r * rb), i);
+                for c in 0..C {
+                    acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+                }
+            }
+            i += 8;
+        }
+        for r in 0..R {
+            for c in 0..C {
+                let mut s = hsum(acc[r][c]);
+                for k in i..cols {
+                    s += F::load1(w.add(r * rb), k) * *xp.add((j0 + c) * cols + k);
+                }
+                out.put(j0 + c, r0 + r, s);
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn float_gemm<F: FloatFmt>(w: &[u8], cols: usize, x: &[f32], out: &OutTile<'_>, r0: usize) {
+    let rb = cols * F::BYTES;
+    let rows = w.len() / rb;
+    let n = x.len() / cols;
+    let base = w.as_ptr();
+    // SAFETY: tiles get whole rows inside `w` and columns inside `x`; the caller
+    // owns rows r0 .. r0 + rows of `out`.
+    unsafe {
+        let mut j = 0;
+        while j < n {
+            let c = (n - j).min(3);
+            let mut r = 0;
+            while r + 4 <= rows {
+                let wr = base.add(r * rb);
+                match c {
+                    3 => float_tile::<F, 4, 3>(wr, cols, x, j, out, r0 + r),
+                    2 => float_tile::<F, 4, 2>(wr, cols, x, j, out, r0 + r),
+                    _ => float_tile::<F, 4, 1>(wr, cols, x, j, out, r0 + r),
+                }
+                r += 4;
+            }
+            while r < rows {
+                let wr = base.add(r * rb);
+                match c {
+                    3 => float_tile::<F, 1, 3>(wr, cols, x, j, out, r0 + r),
+                    2 => float_tile::<F, 1, 2>(wr, cols, x, j, out, r0 + r),
+                    _ => float_tile::<F, 1, 1>(wr, cols, x, j, out, r0 + r),
+                }
+                r += 1;
+            }
+            j += c;
+        }
+    }
+}
+
+/// # Safety
+/// See [`super::FloatGemmFn`].
+unsafe fn f32_gemm(w: &[u8], cols: usize, x: &[f32], out: &OutTile<'_>, r0: usize) {
+    check();
+    assert!(
+        w.len().is_multiple_of(cols * 4)
+            && x.len().is_multiple_of(cols)
+            && x.len() / cols == out.n()
+    );
+    // SAFETY: features and sizes checked; contract forwarded.
+    unsafe { float_gemm::<F32F>(w, cols, x, out, r0) }
+}
+
+/// # Safety
+/// See [`super::FloatGemmFn`].
+unsafe fn f16_gemm(w: &[u8], cols: usize, x: &[f32], out: &OutTile<'_>, r0: usize) {
+    check();
+    assert!(
+        w.len().is_multiple_of(cols * 2)
+            && x.len().is_multiple_of(cols)
+            && x.len() / cols == out.n()
+    );
+    // SAFETY: features and sizes checked; contract forwarded.
+    unsafe { float_gemm::<F16F>(w, cols, x, out, r0) }
 }
