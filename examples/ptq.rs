@@ -3,18 +3,21 @@
 //! never saw — perplexity, mean KL divergence, same top-1 — with the
 //! conversion time.
 //!
-//! Run: `cargo run --release -p twain-examples --example ptq -- GGUF EVAL.txt [MAX_WINDOWS] [VARIANTS]`
+//! Run: `cargo run --release -p twain-examples --example ptq -- GGUF EVAL.txt[,EVAL2.txt] [MAX_WINDOWS] [VARIANTS]`
 //!
-//! VARIANTS is `;`-separated, each `PRESET[+gptq][+act]` (e.g.
-//! `afm;afm+gptq;q4+gptq`); the default runs afm and q4 with and without
-//! error feedback.
+//! VARIANTS is `;`-separated, each `PRESET[+rot][+gptq|+act]` or
+//! `PRESET+rec` (what `twain convert` does), e.g. `afm;afm+gptq;afm+rec`;
+//! `+rres`, `+rdown`, `+rheads` turn on one rotation each; `+dyn` re-chooses group scales inside the sweep and `+damp` (after the rounding stage) damps H by 0.1 instead of 0.01.
+//! Every variant measures its own calibration statistics (conversion time
+//! includes them); nearest rounding is weighted by them too.
 
 use std::time::Instant;
 
 use twain::Model;
 use twain_convert::gptq::GptqOptions;
-use twain_convert::rotate::{rotate, RotateOptions};
-use twain_convert::{calib, convert, hessian, ConvertOptions, Preset};
+use twain_convert::ptq::{quantize_model, PtqOptions};
+use twain_convert::rotate::RotateOptions;
+use twain_convert::Preset;
 use twain_core::{KvDtype, Transformer, TransformerOptions};
 
 fn log_softmax(l: &[f32]) -> Vec<f64> {
@@ -29,9 +32,14 @@ fn argmax(l: &[f32]) -> usize {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: ptq GGUF EVAL.txt [MAX_WINDOWS] [VARIANTS]";
+    let usage = "usage: ptq GGUF EVAL.txt[,EVAL2.txt,...] [MAX_WINDOWS] [VARIANTS]";
     let gguf = args.get(1).ok_or(usage)?;
-    let text = std::fs::read_to_string(args.get(2).ok_or(usage)?)?;
+    let texts: Vec<String> = args
+        .get(2)
+        .ok_or(usage)?
+        .split(',')
+        .map(str::to_string)
+        .collect();
     let max_windows: usize = args
         .get(3)
         .map(|s| s.parse())
@@ -47,7 +55,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let loaded = twain_io::load_model(gguf)?;
     let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&loaded)?;
-    let tokens = tokenizer.encode(&text, false)?;
     let base = Transformer::from_loaded(
         loaded,
         TransformerOptions {
@@ -55,11 +62,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         },
     )?;
-    let calib_tokens = calib::calibration_tokens(&tokenizer)?;
-    // The (optionally rotated) f32 source and its second moments, made once each.
-    let mut sources: Vec<Option<(twain_io::LoadedModel, Stats, f64)>> = vec![None, None];
-    type Stats = std::collections::BTreeMap<String, hessian::Hessian>;
-
     struct Variant {
         name: String,
         model: Transformer,
@@ -73,14 +75,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut parts = spec.split('+');
         let preset = Preset::from_name(parts.next().unwrap_or(""))
             .ok_or_else(|| format!("{spec}: unknown preset"))?;
-        let mut gptq = None;
-        let mut rot = false;
+        let mut opts = PtqOptions::plain();
+        opts.statistics = true;
         for p in parts {
             match p {
-                "rot" => rot = true,
-                "gptq" => gptq = Some(GptqOptions::default()),
+                "rec" => opts = PtqOptions::recommended(preset),
+                "dyn" => {
+                    if let Some(g) = opts.error_feedback.as_mut() {
+                        g.dynamic_scales = true;
+                    }
+                }
+                "damp" => {
+                    if let Some(g) = opts.error_feedback.as_mut() {
+                        g.damp = 0.1;
+                    }
+                }
+                "rot" => opts.rotate = Some(RotateOptions::default()),
+                "rres" | "rdown" | "rheads" => {
+                    let r = opts.rotate.get_or_insert(RotateOptions {
+                        residual: false,
+                        ffn_down: false,
+                        heads: false,
+                        ..Default::default()
+                    });
+                    match p {
+                        "rres" => r.residual = true,
+                        "rdown" => r.ffn_down = true,
+                        _ => r.heads = true,
+                    }
+                }
+                "gptq" => opts.error_feedback = Some(GptqOptions::default()),
                 "act" => {
-                    gptq = Some(GptqOptions {
+                    opts.error_feedback = Some(GptqOptions {
                         act_order: true,
                         ..Default::default()
                     })
@@ -88,46 +114,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 other => return Err(format!("{spec}: unknown stage {other}").into()),
             }
         }
-        if sources[rot as usize].is_none() {
-            let t = Instant::now();
-            let mut m = twain_io::load_model(gguf)?;
-            if rot {
-                rotate(&mut m, &RotateOptions::default())?;
-            }
-            let teacher = Transformer::from_loaded(
-                m.clone(),
-                TransformerOptions {
-                    kv_dtype: KvDtype::F32,
-                    ..Default::default()
-                },
-            )?;
-            let hs = hessian::collect(
-                &teacher,
-                &calib_tokens,
-                calib::CALIBRATION_WINDOW,
-                |_, _| {},
-            )?;
-            let s = t.elapsed().as_secs_f64();
-            eprintln!(
-                "rotated {rot}: second moments of {} inputs over {} tokens in {s:.1} s",
-                hs.len(),
-                calib_tokens.len()
-            );
-            sources[rot as usize] = Some((m, hs, s));
-        }
-        let (src, hs, stats_s) = sources[rot as usize].as_ref().expect("made above");
         let t = Instant::now();
-        let m = convert(
-            src.clone(),
-            preset,
-            ConvertOptions {
-                hessians: Some(hs),
-                error_feedback: gptq,
-                ..Default::default()
-            },
-        )?;
-        let seconds = t.elapsed().as_secs_f64() + stats_s;
-        eprintln!("{spec}: converted in {seconds:.1} s (statistics included)");
+        let m = quantize_model(twain_io::load_model(gguf)?, &tokenizer, preset, opts)?;
+        let seconds = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{spec}: converted in {seconds:.1} s ({})",
+            m.provenance.get("twain.ptq").map_or("", |s| s.as_str())
+        );
         variants.push(Variant {
             name: spec.clone(),
             model: Transformer::from_loaded(m, TransformerOptions::default())?,
@@ -137,60 +130,67 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             agree: 0,
         });
     }
-    let v = base.info().vocab_size;
-    let windows = (tokens.len() / ctx).min(max_windows);
-    let (mut base_nll, mut scored) = (0.0f64, 0usize);
-    for w in 0..windows {
-        let window = &tokens[w * ctx..(w + 1) * ctx];
-        let bl = base.forward_all(&mut base.new_state(), window)?;
-        let rows: Vec<(Vec<f64>, usize)> = (ctx / 2..ctx - 1)
-            .map(|j| {
-                let r = &bl[j * v..(j + 1) * v];
-                (log_softmax(r), argmax(r))
-            })
-            .collect();
-        for (k, j) in (ctx / 2..ctx - 1).enumerate() {
-            base_nll -= rows[k].0[window[j + 1] as usize];
-        }
-        scored += rows.len();
+    for path in &texts {
+        let tokens = tokenizer.encode(&std::fs::read_to_string(path)?, false)?;
         for var in &mut variants {
-            let l = var.model.forward_all(&mut var.model.new_state(), window)?;
-            for (k, j) in (ctx / 2..ctx - 1).enumerate() {
-                let row = &l[j * v..(j + 1) * v];
-                let lq = log_softmax(row);
-                let (lp, top) = &rows[k];
-                var.nll -= lq[window[j + 1] as usize];
-                var.kld += lp
-                    .iter()
-                    .zip(&lq)
-                    .map(|(&p, &q)| p.exp() * (p - q))
-                    .sum::<f64>();
-                var.agree += usize::from(argmax(row) == *top);
-            }
+            (var.nll, var.kld, var.agree) = (0.0, 0.0, 0);
         }
-        eprint!("\rwindow {}/{windows}", w + 1);
-    }
-    eprintln!();
-    let n = scored as f64;
-    println!("{windows} windows of {ctx} tokens, {scored} scored tokens\n");
-    println!(
-        "| variant | bits/weight (decoder, all-in) | PPL | mean KLD | same top-1 | conversion s |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|");
-    println!(
-        "| f32 (base) | 32 | {:.3} | 0 | 100 % | |",
-        (base_nll / n).exp()
-    );
-    for var in &variants {
+        println!("\n{path}:");
+        let v = base.info().vocab_size;
+        let windows = (tokens.len() / ctx).min(max_windows);
+        let (mut base_nll, mut scored) = (0.0f64, 0usize);
+        for w in 0..windows {
+            let window = &tokens[w * ctx..(w + 1) * ctx];
+            let bl = base.forward_all(&mut base.new_state(), window)?;
+            let rows: Vec<(Vec<f64>, usize)> = (ctx / 2..ctx - 1)
+                .map(|j| {
+                    let r = &bl[j * v..(j + 1) * v];
+                    (log_softmax(r), argmax(r))
+                })
+                .collect();
+            for (k, j) in (ctx / 2..ctx - 1).enumerate() {
+                base_nll -= rows[k].0[window[j + 1] as usize];
+            }
+            scored += rows.len();
+            for var in &mut variants {
+                let l = var.model.forward_all(&mut var.model.new_state(), window)?;
+                for (k, j) in (ctx / 2..ctx - 1).enumerate() {
+                    let row = &l[j * v..(j + 1) * v];
+                    let lq = log_softmax(row);
+                    let (lp, top) = &rows[k];
+                    var.nll -= lq[window[j + 1] as usize];
+                    var.kld += lp
+                        .iter()
+                        .zip(&lq)
+                        .map(|(&p, &q)| p.exp() * (p - q))
+                        .sum::<f64>();
+                    var.agree += usize::from(argmax(row) == *top);
+                }
+            }
+            eprint!("\rwindow {}/{windows}", w + 1);
+        }
+        eprintln!();
+        let n = scored as f64;
+        println!("{windows} windows of {ctx} tokens, {scored} scored tokens\n");
         println!(
-            "| {} | {:.3} | {:.3} | {:.4} | {:.1} % | {:.0} |",
-            var.name,
-            decoder_bits(&var.model),
-            (var.nll / n).exp(),
-            var.kld / n,
-            100.0 * var.agree as f64 / n,
-            var.seconds
+            "| variant | bits/weight (decoder, all-in) | PPL | mean KLD | same top-1 | conversion s |"
         );
+        println!("|---|---:|---:|---:|---:|---:|");
+        println!(
+            "| f32 (base) | 32 | {:.3} | 0 | 100 % | |",
+            (base_nll / n).exp()
+        );
+        for var in &variants {
+            println!(
+                "| {} | {:.3} | {:.3} | {:.4} | {:.1} % | {:.0} |",
+                var.name,
+                decoder_bits(&var.model),
+                (var.nll / n).exp(),
+                var.kld / n,
+                100.0 * var.agree as f64 / n,
+                var.seconds
+            );
+        }
     }
     Ok(())
 }

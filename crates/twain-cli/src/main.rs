@@ -114,9 +114,18 @@ enum Command {
         /// Retrofit a KV-sharing plan, e.g. 5:3.
         #[arg(long)]
         kv_share: Option<String>,
-        /// Skip the activation-statistics calibration of the q4 and afm presets.
+        /// Skip calibration: nearest rounding, no rotations, no statistics.
         #[arg(long)]
         no_calibrate: bool,
+        /// Fuse incoherence rotations (the afm default; other presets off).
+        #[arg(long, conflicts_with = "no_rotate")]
+        rotate: bool,
+        /// Do not fuse rotations (afm rotates by default).
+        #[arg(long)]
+        no_rotate: bool,
+        /// Round to the nearest codes instead of with error feedback.
+        #[arg(long)]
+        no_error_feedback: bool,
         /// Bake this LoRA adapter into the weights before quantizing.
         #[arg(long)]
         adapter: Option<PathBuf>,
@@ -125,9 +134,12 @@ enum Command {
     Inspect {
         /// Model file.
         path: PathBuf,
-        /// Machine-readable output.
+        /// Machine-readable output (always lists every tensor).
         #[arg(long)]
         json: bool,
+        /// List every tensor with its format and shape.
+        #[arg(long)]
+        tensors: bool,
     },
     /// Measure prefill and decode speed.
     Bench {
@@ -487,16 +499,33 @@ fn run(cmd: Command) -> Res<()> {
             preset,
             kv_share,
             no_calibrate,
+            rotate,
+            no_rotate,
+            no_error_feedback,
             adapter,
         } => convert_cmd(
             &input,
             &output,
             parse_preset(&preset)?,
             parse_share(&kv_share)?,
-            !no_calibrate,
+            Ptq {
+                calibrate: !no_calibrate,
+                rotate: if rotate {
+                    Some(true)
+                } else if no_rotate {
+                    Some(false)
+                } else {
+                    None
+                },
+                error_feedback: !no_error_feedback,
+            },
             adapter.as_deref(),
         ),
-        Command::Inspect { path, json } => inspect(&path, json),
+        Command::Inspect {
+            path,
+            json,
+            tensors,
+        } => inspect(&path, json, tensors),
         Command::Bench {
             model,
             prompt_tokens,
@@ -576,12 +605,20 @@ fn run(cmd: Command) -> Res<()> {
     }
 }
 
+/// The post-training choices of `twain convert`.
+struct Ptq {
+    calibrate: bool,
+    /// `None`: the preset's recommendation.
+    rotate: Option<bool>,
+    error_feedback: bool,
+}
+
 fn convert_cmd(
     input: &Path,
     output: &Path,
     preset: Preset,
     kv_share: Option<(usize, usize)>,
-    calibrate: bool,
+    ptq: Ptq,
     adapter: Option<&Path>,
 ) -> Res<()> {
     let t0 = Instant::now();
@@ -597,29 +634,32 @@ fn convert_cmd(
     }
     let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&loaded).map_err(|e| e.to_string())?;
     let json = tokenizer.to_json().map_err(|e| e.to_string())?;
-    let calibrated = calibrate && twain::engine::needs_calibration(preset);
-    let importance = if calibrated {
-        eprintln!(
-            "calibrating on the built-in text ({})",
-            twain::engine::CALIBRATION_NAME
-        );
-        twain_convert::calib::importance_of_file(input, &tokenizer).map_err(|e| e.to_string())?
+    let mut opts = if ptq.calibrate {
+        twain_convert::ptq::PtqOptions::recommended(preset)
     } else {
-        Default::default()
+        twain_convert::ptq::PtqOptions::plain()
     };
+    match ptq.rotate {
+        Some(true) => opts.rotate = Some(Default::default()),
+        Some(false) => opts.rotate = None,
+        None => {}
+    }
+    if !ptq.error_feedback {
+        opts.error_feedback = None;
+    }
+    opts.kv_share = kv_share;
+    if opts.calibrates(preset) {
+        eprintln!(
+            "{} on the built-in text ({})",
+            opts.describe(),
+            twain_convert::calib::CALIBRATION_NAME
+        );
+    }
     let pb = progress_bar(&format!("quantizing ({})", preset.name()));
     let mut cb = convert_progress(&pb);
-    let mut m = twain_convert::convert(
-        loaded,
-        preset,
-        twain_convert::ConvertOptions {
-            kv_share,
-            progress: Some(&mut cb),
-            importance,
-            ..Default::default()
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    opts.progress = Some(&mut cb);
+    let mut m = twain_convert::ptq::quantize_model(loaded, &tokenizer, preset, opts)
+        .map_err(|e| e.to_string())?;
     pb.finish_and_clear();
     if m.gguf.is_none() {
         m.tokenizer_json = Some(json);
@@ -628,12 +668,6 @@ fn convert_cmd(
         .insert("twain.preset".into(), preset.name().into());
     m.provenance
         .insert("twain.source".into(), input.display().to_string());
-    if calibrated {
-        m.provenance.insert(
-            "twain.calibration".into(),
-            twain::engine::CALIBRATION_NAME.into(),
-        );
-    }
     if let Some((a, b)) = kv_share {
         m.provenance
             .insert("twain.kv_share".into(), format!("{a}:{b}"));
@@ -650,16 +684,22 @@ fn convert_cmd(
     Ok(())
 }
 
-fn inspect(path: &Path, json: bool) -> Res<()> {
+fn inspect(path: &Path, json: bool, tensors: bool) -> Res<()> {
     let loaded = twain_io::load_model(path).map_err(|e| e.to_string())?;
     let c = loaded.config.clone();
     let mut by_format: std::collections::BTreeMap<&'static str, (usize, usize, usize)> =
         Default::default();
     let mut total_bytes = 0usize;
     let mut total_params = 0usize;
+    // Decoder linears: what "bits per weight" of a preset counts.
+    let (mut dec_bytes, mut dec_params) = (0usize, 0usize);
     for t in loaded.tensors.values() {
         let n = t.n_elements();
         let b = t.bytes().map(|b| b.len()).unwrap_or(0);
+        if twain_convert::hessian::input_of(t.name()).is_some() && t.name().starts_with("blk.") {
+            dec_bytes += b;
+            dec_params += n;
+        }
         let e = by_format.entry(t.format().name()).or_default();
         e.0 += 1;
         e.1 += n;
@@ -692,6 +732,11 @@ fn inspect(path: &Path, json: bool) -> Res<()> {
             "head_dim": c.head_dim, "ffn": c.ffn_hidden, "vocab": c.vocab_size, "context": c.context_length,
             "params": total_params, "bytes": total_bytes, "bits_per_weight": 8.0 * total_bytes as f64 / total_params as f64,
             "formats": formats,
+            "decoder_linear_bits_per_weight": 8.0 * dec_bytes as f64 / dec_params.max(1) as f64,
+            "tensors": loaded.tensors.values().map(|t| serde_json::json!({
+                "name": t.name(), "format": t.format().name(), "shape": t.shape(),
+                "bytes": t.bytes().map(|b| b.len()).unwrap_or(0),
+            })).collect::<Vec<_>>(),
             "kv_owning_layers": owners, "kv_sharing": plan,
             "kv_cache_bytes_per_token": {"int8": kv_row(KvDtype::Int8), "f16": kv_row(KvDtype::F16), "f32": kv_row(KvDtype::F32)},
             "provenance": loaded.provenance,
@@ -725,6 +770,20 @@ fn inspect(path: &Path, json: bool) -> Res<()> {
             *b as f64 / 1048576.0,
             8.0 * *b as f64 / *n as f64
         );
+    }
+    println!(
+        "  decoder linears: {:.3} bits/weight (every scale counted)",
+        8.0 * dec_bytes as f64 / dec_params.max(1) as f64
+    );
+    if tensors {
+        for t in loaded.tensors.values() {
+            println!(
+                "    {:<28} {:>4} {:?}",
+                t.name(),
+                t.format().name(),
+                t.shape()
+            );
+        }
     }
     println!(
         "  KV: {owners} of {} layers own K/V{}",

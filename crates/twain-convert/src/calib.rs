@@ -1,8 +1,11 @@
 //! Calibration data and the statistics measured on it.
 //!
-//! The built-in text is Exodus 1-20 (King James Version, public domain),
-//! disjoint from the evaluation text (Genesis): quality figures are measured
-//! on text calibration never saw.
+//! The built-in calibration is two texts: Exodus 1-20 (King James Version,
+//! public domain; `../shared/corpus`) and chat transcripts that
+//! SmolLM2-135M-Instruct wrote itself at f32 (seed 1; `examples/selfgen.rs`
+//! `calib` makes them). Neither is evaluation text: quality figures are
+//! measured on Genesis and on a second self-written set (seed 2026, prompts
+//! on other subjects) that calibration never saw.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,20 +19,36 @@ use crate::ConvertError;
 /// domain), disjoint from the evaluation text (Genesis).
 pub const CALIBRATION_TEXT: &str = include_str!("../data/kjv-exodus-1-20.txt");
 
-/// What the built-in calibration is, for provenance.
-pub const CALIBRATION_NAME: &str = "kjv-exodus-1-20, first 8192 tokens, windows of 512";
+/// Chat transcripts the model wrote itself (seed 1, `examples/selfgen.rs calib`).
+pub const SELF_TEXT: &str = include_str!("../data/selfgen-calib-seed1.txt");
 
-/// Tokens of the built-in calibration text used for calibration.
+/// What the built-in calibration is, for provenance.
+pub const CALIBRATION_NAME: &str =
+    "kjv-exodus-1-20 (first 8192 tokens) + selfgen-calib-seed1 (first 8192 tokens), windows of 512";
+
+/// Tokens taken from each built-in calibration text.
 pub const CALIBRATION_TOKENS: usize = 8192;
 
 /// Window length of calibration forward passes.
 pub const CALIBRATION_WINDOW: usize = 512;
 
-/// The first [`CALIBRATION_TOKENS`] tokens of [`CALIBRATION_TEXT`].
+/// The first [`CALIBRATION_TOKENS`] tokens of [`CALIBRATION_TEXT`] and of
+/// [`SELF_TEXT`], each cut to whole windows of [`CALIBRATION_WINDOW`] so no
+/// window spans both.
 pub fn calibration_tokens(tokenizer: &Tokenizer) -> Result<Vec<u32>, ConvertError> {
-    let mut tokens = tokenizer.encode(CALIBRATION_TEXT, false)?;
-    tokens.truncate(CALIBRATION_TOKENS);
-    Ok(tokens)
+    let mut all = Vec::new();
+    for text in [CALIBRATION_TEXT, SELF_TEXT] {
+        let mut tokens = tokenizer.encode(text, false)?;
+        let n = tokens.len().min(CALIBRATION_TOKENS);
+        let n = if n >= CALIBRATION_WINDOW {
+            n - n % CALIBRATION_WINDOW
+        } else {
+            n
+        };
+        tokens.truncate(n);
+        all.extend(tokens);
+    }
+    Ok(all)
 }
 
 /// The model at `path` at full precision (f32 weights as read, f32 KV cache):

@@ -30,6 +30,9 @@ pub struct ConvertOptions<'a> {
     pub error_feedback: Option<GptqOptions>,
     /// Called after each tensor with (done, total, name).
     pub progress: Option<Progress<'a>>,
+    /// Formats of single tensors, overriding the preset (bit allocation).
+    /// A tensor already in its target format is kept as it is.
+    pub formats: BTreeMap<String, QuantFormat>,
     /// Override the preset's format for the embedding table / LM head.
     pub embedding_format: Option<QuantFormat>,
 }
@@ -49,7 +52,11 @@ pub fn convert(
     for (i, name) in names.iter().enumerate() {
         let t = &model.tensors[name];
         let shape = t.shape().to_vec();
-        let mut target = preset.format_for(name, &shape);
+        let mut target = opts
+            .formats
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| preset.format_for(name, &shape));
         if let Some(f) = opts.embedding_format {
             if (name == "token_embd.weight" || name == "output.weight")
                 && f.row_bytes(shape[1]).is_ok()

@@ -11,6 +11,7 @@
 //! so the result is an ordinary twain matrix for the same kernels.
 
 use rayon::prelude::*;
+use twain_quant::blocks::QK;
 use twain_quant::{grid, quantize, QMatrix, QuantFormat, QuantizeOptions};
 
 use crate::linalg;
@@ -26,6 +27,11 @@ pub struct GptqOptions {
     /// Round columns in order of decreasing `diag(H)` (GPTQ's act-order);
     /// group scales stay those of the natural column groups.
     pub act_order: bool,
+    /// Re-choose each group's scale when the sweep reaches the group, from
+    /// the weights as error feedback has updated them (the clipping search
+    /// again; Q2 keeps the row scale of the first pass). Without act-order
+    /// only (with it, the first pass's scales are kept).
+    pub dynamic_scales: bool,
 }
 
 impl Default for GptqOptions {
@@ -33,9 +39,13 @@ impl Default for GptqOptions {
         Self {
             damp: 0.01,
             act_order: false,
+            dynamic_scales: false,
         }
     }
 }
+
+/// A row's codes (one per column) and group scales after the sweep.
+type RowResult = (Vec<u8>, Vec<f32>);
 
 /// Rows rounded together: one pass over `U` serves all of them.
 const TILE: usize = 8;
@@ -94,7 +104,12 @@ pub fn gptq(
     let scales: Vec<Vec<f32>> = (0..rows)
         .map(|r| grid::group_scales(format, &q.data()[r * row_bytes..(r + 1) * row_bytes], cols))
         .collect::<Result<_, _>>()?;
-    let codes: Vec<Vec<u8>> = w
+    let dynamic = opts.dynamic_scales && !opts.act_order;
+    let imp_f32: Vec<f32> = diag.iter().map(|&d| (d.max(0.0) / mean) as f32).collect();
+    let row_d: Vec<f32> = (0..rows)
+        .map(|r| grid::q2_row_scale(&q.data()[r * row_bytes..]).unwrap_or(0.0))
+        .collect();
+    let swept: Vec<Result<RowResult, ConvertError>> = w
         .par_chunks(cols * TILE)
         .enumerate()
         .flat_map_iter(|(t, tile)| {
@@ -108,13 +123,29 @@ pub fn gptq(
                 })
                 .collect();
             let mut out = vec![vec![0u8; cols]; n];
+            let mut sc: Vec<Vec<f32>> = (0..n).map(|r| scales[t * TILE + r].clone()).collect();
             let mut err = [0.0f32; TILE];
+            let mut failed = None;
             for i in 0..cols {
                 let c = perm[i];
                 let urow = &u[i * cols..(i + 1) * cols];
                 let uii = urow[i];
+                if dynamic && c.is_multiple_of(QK) {
+                    for r in 0..n {
+                        let g = &x[r][i..i + QK];
+                        match grid::group_scale(
+                            format,
+                            g,
+                            Some(&imp_f32[c..c + QK]),
+                            row_d[t * TILE + r],
+                        ) {
+                            Ok(s) => sc[r][c / QK] = s,
+                            Err(e) => failed = Some(e),
+                        }
+                    }
+                }
                 for r in 0..n {
-                    let s = scales[t * TILE + r][c / twain_quant::blocks::QK];
+                    let s = sc[r][c / QK];
                     let code = grid::code(format, s, x[r][i]);
                     out[r][c] = code;
                     err[r] = (x[r][i] - grid::value(format, s, code)) / uii;
@@ -127,12 +158,22 @@ pub fn gptq(
                     }
                 }
             }
-            out
+            match failed {
+                Some(e) => vec![Err(e.into())],
+                None => out.into_iter().zip(sc).map(Ok).collect(),
+            }
         })
         .collect();
     let mut data = q.data().to_vec();
-    for (r, c) in codes.iter().enumerate() {
-        grid::set_codes(format, &mut data[r * row_bytes..(r + 1) * row_bytes], c)?;
+    for (r, res) in swept.into_iter().enumerate() {
+        let (c, s) = res?;
+        let row = &mut data[r * row_bytes..(r + 1) * row_bytes];
+        if dynamic {
+            for (b, &v) in s.iter().enumerate() {
+                grid::set_group_scale(format, row, cols, b, v)?;
+            }
+        }
+        grid::set_codes(format, row, &c)?;
     }
     Ok(QMatrix::from_bytes(format, rows, cols, &data)?)
 }

@@ -2,9 +2,11 @@
 //!
 //! It holds: the presets (which twain format each tensor gets), conversion
 //! of a loaded model to a preset, calibration data and the statistics
-//! measured on it, evaluation against a reference model (perplexity, KL
-//! divergence, top-1 agreement), the KV-share retrofit, and random models
-//! for tests and benchmarks. It does not run models itself (twain-core does)
+//! measured on it ([`hessian`]), error-feedback rounding ([`gptq`]),
+//! incoherence rotations fused into the weights ([`rotate`]), the
+//! post-training pipeline with bit allocation ([`ptq`]), evaluation against
+//! a reference model (perplexity, KL divergence, top-1 agreement), the
+//! KV-share retrofit, and random models for tests and benchmarks. It does not run models itself (twain-core does)
 //! nor read or write files (twain-io does).
 //!
 //! ```
@@ -28,9 +30,10 @@ pub mod gptq;
 pub mod hessian;
 mod linalg;
 mod preset;
+pub mod ptq;
 pub mod rotate;
 pub mod synthetic;
 
 pub use convert::{apply_plan, convert, ConvertOptions, Progress};
 pub use error::ConvertError;
-pub use preset::Preset;
+pub use preset::{Preset, AFM_MIX_BUDGET};

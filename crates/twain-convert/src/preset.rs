@@ -2,11 +2,18 @@
 
 use twain_quant::QuantFormat;
 
+/// Bits per weight the `afm-mix` preset may spend on the decoder linears.
+pub const AFM_MIX_BUDGET: f64 = 2.6;
+
 /// A recipe: which format each kind of tensor gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
     /// The reference system's recipe: 2-bit decoder linears, 4-bit embeddings.
     Afm,
+    /// `afm` with the decoder linears that measure most sensitive kept at 4
+    /// bits, within [`AFM_MIX_BUDGET`] bits per weight on the decoder (all
+    /// scales counted); chosen by calibration ([`crate::ptq`]).
+    AfmMix,
     /// 4-bit decoder linears and embeddings.
     Q4,
     /// int8 decoder linears and embeddings.
@@ -19,8 +26,9 @@ pub enum Preset {
 
 impl Preset {
     /// Every preset, smallest first.
-    pub const ALL: [Preset; 5] = [
+    pub const ALL: [Preset; 6] = [
         Preset::Afm,
+        Preset::AfmMix,
         Preset::Q4,
         Preset::Q8,
         Preset::F16,
@@ -31,6 +39,7 @@ impl Preset {
     pub fn name(self) -> &'static str {
         match self {
             Preset::Afm => "afm",
+            Preset::AfmMix => "afm-mix",
             Preset::Q4 => "q4",
             Preset::Q8 => "q8",
             Preset::F16 => "f16",
@@ -46,7 +55,7 @@ impl Preset {
     /// Format of the embedding table (and tied LM head).
     pub fn embedding_format(self) -> QuantFormat {
         match self {
-            Preset::Afm | Preset::Q4 => QuantFormat::Q4,
+            Preset::Afm | Preset::AfmMix | Preset::Q4 => QuantFormat::Q4,
             Preset::Q8 => QuantFormat::Q8,
             Preset::F16 => QuantFormat::F16,
             Preset::F32 => QuantFormat::F32,
@@ -56,7 +65,7 @@ impl Preset {
     /// Format of decoder linear weights.
     pub fn linear_format(self) -> QuantFormat {
         match self {
-            Preset::Afm => QuantFormat::Q2,
+            Preset::Afm | Preset::AfmMix => QuantFormat::Q2,
             Preset::Q4 => QuantFormat::Q4,
             Preset::Q8 => QuantFormat::Q8,
             Preset::F16 => QuantFormat::F16,

@@ -55,6 +55,8 @@ impl Default for RotateOptions {
 
 /// Name of the residual rotation's signs.
 pub const RESIDUAL: &str = "rotation.residual";
+/// Name of the per-head V/O rotation's signs (a marker: nothing runs online).
+pub const HEADS: &str = "rotation.heads";
 /// Name of the down-input rotation's signs.
 pub const FFN_DOWN: &str = "rotation.ffn_down";
 
@@ -154,7 +156,10 @@ pub fn rotate(model: &mut LoadedModel, opts: &RotateOptions) -> Result<(), Conve
             )));
         }
     }
-    if model.tensors.contains_key(RESIDUAL) || model.tensors.contains_key(FFN_DOWN) {
+    if [RESIDUAL, FFN_DOWN, HEADS]
+        .iter()
+        .any(|n| model.tensors.contains_key(*n))
+    {
         return Err(ConvertError::Plan("the model is already rotated".into()));
     }
     let mut t = Tensors(model);
@@ -207,6 +212,9 @@ pub fn rotate(model: &mut LoadedModel, opts: &RotateOptions) -> Result<(), Conve
     }
     if opts.ffn_down {
         t.put(FFN_DOWN, vec![f], s_down)?;
+    }
+    if opts.heads {
+        t.put(HEADS, vec![hd], s_head)?;
     }
     Ok(())
 }

@@ -42,6 +42,7 @@ proptest! {
         groups in 1usize..5,
         fmt in prop::sample::select(vec![QuantFormat::Q2, QuantFormat::Q4, QuantFormat::Q8]),
         act_order in any::<bool>(),
+        dynamic_scales in any::<bool>(),
     ) {
         let cols = 32 * groups;
         let mut rng = SplitMix::new(seed);
@@ -53,7 +54,7 @@ proptest! {
             importance: Some(imp.iter().map(|v| v / mean).collect()),
             no_clip_search: false,
         }).unwrap();
-        let ef = gptq(fmt, rows, cols, &w, &h, &GptqOptions { act_order, ..Default::default() }).unwrap();
+        let ef = gptq(fmt, rows, cols, &w, &h, &GptqOptions { act_order, dynamic_scales, ..Default::default() }).unwrap();
         let (a, b) = (proxy_loss(&w, &nearest, &h), proxy_loss(&w, &ef, &h));
         prop_assert!(b < a, "{fmt}: error feedback {b} vs nearest {a}");
     }
@@ -211,4 +212,47 @@ fn conversion_with_statistics_is_deterministic_and_checks_its_input() {
     );
     let e = hessian::collect(&f32_model(m), &tokens, 64, |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("non-finite"), "{e}");
+}
+
+#[derive(Debug)]
+struct NoDelta;
+
+impl twain_core::LinearDelta for NoDelta {
+    fn apply(&self, _: &str, _: &[f32], _: usize, _: &mut [f32]) -> Result<(), String> {
+        Ok(())
+    }
+    fn validate(&self, _: &dyn Fn(&str) -> Option<(usize, usize)>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_rotated_model_refuses_adapters_and_keeps_the_state() {
+    let config = synthetic::tiny_config(2);
+    let plain = f32_model(synthetic::random_model(&config, Preset::F32, 2).unwrap());
+    let mut s = plain.new_state();
+    plain
+        .set_adapter(&mut s, Some(std::sync::Arc::new(NoDelta)))
+        .unwrap();
+    let mut m = synthetic::random_model(&config, Preset::F32, 2).unwrap();
+    rotate(
+        &mut m,
+        &RotateOptions {
+            residual: false,
+            ffn_down: false,
+            heads: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let rotated = f32_model(m);
+    let mut s = rotated.new_state();
+    let mut l = vec![0.0; 96];
+    rotated.forward(&mut s, &[1, 2, 3], &mut l).unwrap();
+    let e = rotated
+        .set_adapter(&mut s, Some(std::sync::Arc::new(NoDelta)))
+        .unwrap_err();
+    assert!(e.to_string().contains("rotations"), "{e}");
+    assert_eq!(rotated.position(&s), 3);
+    assert!(s.adapter().is_none());
 }

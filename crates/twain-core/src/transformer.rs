@@ -73,6 +73,8 @@ pub struct Transformer {
     rot_residual: Option<Vec<f32>>,
     /// Signs of the online rotation of the down projection's input.
     rot_down: Option<Vec<f32>>,
+    /// Any rotation was fused into the weights (adapters do not apply).
+    rotated: bool,
     layers: Vec<Layer>,
     plan: KvPlan,
     inv_freq: Vec<f32>,
@@ -295,6 +297,9 @@ impl Transformer {
         let final_norm = src.vector("output_norm.weight", d)?;
         let rot_residual = rotation_signs(&mut src, "rotation.residual", d)?;
         let rot_down = rotation_signs(&mut src, "rotation.ffn_down", c.ffn_hidden)?;
+        // Offline-only rotations leave a marker (the per-head V/O signs).
+        let rot_heads = rotation_signs(&mut src, "rotation.heads", c.head_dim)?;
+        let rotated = rot_residual.is_some() || rot_down.is_some() || rot_heads.is_some();
         let layers = (0..c.n_layers)
             .map(|l| Layer::load(&mut src, &c, &plan, l))
             .collect::<Result<Vec<_>, _>>()?;
@@ -326,6 +331,7 @@ impl Transformer {
             final_norm,
             rot_residual,
             rot_down,
+            rotated,
             layers,
             plan,
             inv_freq,
@@ -444,6 +450,14 @@ impl Transformer {
         adapter: Option<Arc<dyn LinearDelta>>,
     ) -> Result<(), CoreError> {
         self.check_state(state)?;
+        if adapter.is_some() && self.rotated {
+            return Err(CoreError::Adapter(
+                "this model was converted with incoherence rotations (rotation.* tensors): \
+                 adapters trained on the original weights do not apply to its rotated basis; \
+                 convert without rotations (twain convert --no-rotate) to use them"
+                    .into(),
+            ));
+        }
         if let Some(a) = &adapter {
             a.validate(&|name| self.linear_shape(name))
                 .map_err(CoreError::Adapter)?;

@@ -109,6 +109,69 @@ pub fn set_codes(format: QuantFormat, row: &mut [u8], codes: &[u8]) -> Result<()
     Ok(())
 }
 
+/// The row scale `d` of a Q2 row (group scales are `d * k`, k in 0..=15);
+/// `None` for the other formats.
+pub fn q2_row_scale(row: &[u8]) -> Option<f32> {
+    Some(f32::from_le_bytes(row.get(..4)?.try_into().ok()?))
+}
+
+/// The scale the clipping search picks for one group of 32 finite values
+/// (weighted by `imp`), rounded to what the row can store: for Q2 a multiple
+/// `d * k` of the row scale `row_d` (k in 0..=15), for Q4/Q8 an f16.
+pub fn group_scale(
+    format: QuantFormat,
+    values: &[f32],
+    imp: Option<&[f32]>,
+    row_d: f32,
+) -> Result<f32, QuantError> {
+    if values.len() != QK || imp.is_some_and(|i| i.len() != QK) {
+        return Err(QuantError::Invalid(format!(
+            "a group is {QK} values (and {QK} importances)"
+        )));
+    }
+    let mut tmp = vec![0u8; format.row_bytes(QK)?];
+    crate::quantize::quantize_row(format, values, imp, true, &mut tmp)?;
+    let s = group_scales(format, &tmp, QK)?[0];
+    Ok(match format {
+        QuantFormat::Q2 if row_d > 0.0 => row_d * (s / row_d).round().clamp(0.0, 15.0),
+        QuantFormat::Q2 => 0.0,
+        _ => s,
+    })
+}
+
+/// Store `scale` as group `b`'s scale of a row of `cols` columns (Q2: the
+/// sub-scale `round(scale / d)`; Q4/Q8: its f16 bits).
+pub fn set_group_scale(
+    format: QuantFormat,
+    row: &mut [u8],
+    cols: usize,
+    b: usize,
+    scale: f32,
+) -> Result<(), QuantError> {
+    let nb = check(format, row, cols)?;
+    if b >= nb {
+        return Err(QuantError::Invalid(format!("group {b} of {nb}")));
+    }
+    match format {
+        QuantFormat::Q2 => {
+            let d = q2_row_scale(row).unwrap_or(0.0);
+            let k = if d > 0.0 {
+                (scale / d).round().clamp(0.0, 15.0) as u8
+            } else {
+                0
+            };
+            let at = Q2_ROW_HEADER + nb * 8 + b / 2;
+            let shift = 4 * (b % 2);
+            row[at] = (row[at] & !(15 << shift)) | (k << shift);
+        }
+        _ => {
+            let h = crate::blocks::f32_to_f16(scale);
+            row[2 * b..2 * b + 2].copy_from_slice(&h.to_le_bytes());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

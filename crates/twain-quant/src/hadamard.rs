@@ -127,9 +127,7 @@ const fn build_h12() -> [[i8; 12]; 12] {
     while r < 12 {
         let mut c = 0;
         while c < 12 {
-            h[r][c] = if r == c {
-                1
-            } else if r == 0 {
+            h[r][c] = if r == c || r == 0 {
                 1
             } else if c == 0 {
                 -1
@@ -349,7 +347,7 @@ pub fn transform_rows_transposed(x: &mut [f32], n: usize) -> Result<(), QuantErr
 
 fn rows<const TR: bool>(x: &mut [f32], n: usize) -> Result<(), QuantError> {
     let sh = shape(n)?;
-    if x.len() % n != 0 {
+    if !x.len().is_multiple_of(n) {
         return Err(QuantError::Invalid(format!(
             "hadamard: {} values are not whole rows of length {n}",
             x.len()
@@ -915,7 +913,7 @@ mod x86 {
     #[inline(always)]
     unsafe fn run<V: Butterfly, const TR: bool>(x: &mut [f32], sh: Shape) {
         let n = x.len();
-        debug_assert!(n == sh.n && n % V::W == 0);
+        debug_assert!(n == sh.n && n.is_multiple_of(V::W));
         let p = x.as_mut_ptr();
         let sc = sh.scale();
         // SAFETY: n floats at p, n a multiple of W and of 12^j m; features
@@ -937,7 +935,7 @@ mod x86 {
     /// The CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn run_avx2<const TR: bool>(x: &mut [f32], sh: Shape) {
-        if x.len() % 8 != 0 {
+        if !x.len().is_multiple_of(8) {
             return run_scalar::<TR>(x, sh);
         }
         // SAFETY: AVX2 + FMA are enabled here; the length is a multiple of 8.
@@ -953,7 +951,7 @@ mod x86 {
         // SAFETY: AVX-512F, AVX2 and FMA are enabled here (the caller's
         // contract); the length is a multiple of 16 for the 16-lane run.
         unsafe {
-            if x.len() % 16 != 0 {
+            if !x.len().is_multiple_of(16) {
                 return run_avx2::<TR>(x, sh);
             }
             run::<__m512, TR>(x, sh)

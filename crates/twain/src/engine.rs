@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use twain_adapters::LoraAdapter;
-use twain_convert::{convert, ConvertOptions, Preset, Progress};
+use twain_convert::ptq::{quantize_model, PtqOptions};
+use twain_convert::{Preset, Progress};
 use twain_core::LinearDelta;
 use twain_core::{KvDtype, Transformer, TransformerOptions};
 use twain_model::{SpecialTokens, TokenId};
@@ -21,7 +22,7 @@ pub const DEFAULT_PRESET: Preset = Preset::Q4;
 
 /// Bumped whenever a conversion of the default model would produce different
 /// bytes (format layouts, quantizer changes), so stale caches are not reused.
-pub const DEFAULT_CACHE_VERSION: u32 = 2;
+pub const DEFAULT_CACHE_VERSION: u32 = 3;
 
 /// How to load a model.
 pub struct LoadOptions<'a> {
@@ -135,22 +136,15 @@ impl Engine {
         };
         let loaded = if preset.is_some() || opts.kv_share.is_some() {
             let preset = preset.unwrap_or(Preset::F32);
-            let importance = if opts.calibrate && needs_calibration(preset) {
-                calibrate_file(path, &tokenizer)?
-            } else {
-                Default::default()
-            };
-            convert(
-                loaded,
-                preset,
-                ConvertOptions {
-                    kv_share: opts.kv_share,
-                    progress: opts.progress,
-                    importance,
-                    ..Default::default()
-                },
-            )
-            .map_err(load_err)?
+            // In memory, on every load: nearest rounding weighted by the
+            // calibration statistics (seconds). Error feedback and rotations
+            // are the explicit, cached conversion's (`twain convert`,
+            // `default_model_path`), which take minutes.
+            let mut ptq = PtqOptions::plain();
+            ptq.statistics = opts.calibrate && needs_calibration(preset);
+            ptq.kv_share = opts.kv_share;
+            ptq.progress = opts.progress;
+            quantize_model(loaded, &tokenizer, preset, ptq).map_err(load_err)?
         } else {
             loaded
         };
@@ -221,21 +215,9 @@ pub fn default_model_path(
     let loaded = twain_io::load_model(&gguf).map_err(load_err)?;
     let tokenizer = Tokenizer::from_loaded(&loaded).map_err(load_err)?;
     let tokenizer_json = tokenizer.to_json().map_err(load_err)?;
-    let importance = if needs_calibration(preset) {
-        calibrate_file(&gguf, &tokenizer)?
-    } else {
-        Default::default()
-    };
-    let mut converted = convert(
-        loaded,
-        preset,
-        ConvertOptions {
-            progress,
-            importance,
-            ..Default::default()
-        },
-    )
-    .map_err(load_err)?;
+    let mut ptq = PtqOptions::recommended(preset);
+    ptq.progress = progress;
+    let mut converted = quantize_model(loaded, &tokenizer, preset, ptq).map_err(load_err)?;
     if converted.gguf.is_none() {
         // GGUF sources keep their tokenizer.* keys in the native file (with
         // the special-token ids); others store tokenizer.json.
@@ -248,11 +230,6 @@ pub fn default_model_path(
         "twain.source".into(),
         "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
     );
-    if needs_calibration(preset) {
-        converted
-            .provenance
-            .insert("twain.calibration".into(), CALIBRATION_NAME.into());
-    }
     std::fs::create_dir_all(&dir).map_err(load_err)?;
     twain_io::write_native(
         &path,
@@ -268,14 +245,7 @@ pub use twain_convert::calib::CALIBRATION_NAME;
 
 /// Presets whose quantizers are weighted by activation statistics.
 pub fn needs_calibration(preset: Preset) -> bool {
-    matches!(preset, Preset::Q4 | Preset::Afm)
-}
-
-fn calibrate_file(
-    path: &Path,
-    tokenizer: &Tokenizer,
-) -> Result<std::collections::BTreeMap<String, Vec<f32>>, Error> {
-    twain_convert::calib::importance_of_file(path, tokenizer).map_err(load_err)
+    matches!(preset, Preset::Q4 | Preset::Afm | Preset::AfmMix)
 }
 
 impl Engine {
