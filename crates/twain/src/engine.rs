@@ -17,7 +17,7 @@ use crate::{Error, Session};
 
 /// The preset the default model is converted with: the smallest whose mean
 /// KL divergence against the f32 model is at least as good as llama.cpp
-/// Q4_0's on this model (0.326 with calibration vs 0.353; docs/quality.md).
+/// Q4_0's on this model (0.244 with error feedback vs 0.353; docs/quality.md).
 pub const DEFAULT_PRESET: Preset = Preset::Q4;
 
 /// Bumped whenever a conversion of the default model would produce different
