@@ -19,16 +19,7 @@ use twain_convert::ptq::{quantize_model, PtqOptions};
 use twain_convert::rotate::RotateOptions;
 use twain_convert::Preset;
 use twain_core::{KvDtype, Transformer, TransformerOptions};
-
-fn log_softmax(l: &[f32]) -> Vec<f64> {
-    let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + l.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-    l.iter().map(|&v| v as f64 - lse).collect()
-}
-
-fn argmax(l: &[f32]) -> usize {
-    (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b })
-}
+use twain_examples::{argmax, log_softmax};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

@@ -13,6 +13,7 @@ use twain_convert::calib::CALIBRATION_TEXT;
 use twain_convert::eval::calibrate;
 use twain_convert::{convert, ConvertOptions, Preset};
 use twain_core::{KvDtype, Transformer, TransformerOptions};
+use twain_examples::{argmax, log_softmax};
 
 struct Variant {
     name: String,
@@ -20,16 +21,6 @@ struct Variant {
     nll: f64,
     kld: f64,
     agree: usize,
-}
-
-fn log_softmax(l: &[f32]) -> Vec<f64> {
-    let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + l.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-    l.iter().map(|&v| v as f64 - lse).collect()
-}
-
-fn argmax(l: &[f32]) -> usize {
-    (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b })
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

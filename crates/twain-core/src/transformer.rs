@@ -229,6 +229,21 @@ impl TensorSource {
 }
 
 impl Layer {
+    /// The layer's linear weights (K/V only where it owns them).
+    fn linears(&self) -> impl Iterator<Item = &Tensor> {
+        [
+            Some(&self.wq),
+            self.wk.as_ref(),
+            self.wv.as_ref(),
+            Some(&self.wo),
+            Some(&self.w_gate),
+            Some(&self.w_up),
+            Some(&self.w_down),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
     /// Layer `l`'s weights: attention (K/V parts only when the plan says the
     /// layer owns its cache) and FFN.
     fn load(
@@ -373,26 +388,9 @@ impl Transformer {
 
     /// Weight bytes of all tensors (what decode reads per token, plus one embedding row).
     pub fn weight_bytes(&self) -> usize {
-        let mut n = self.embed.matrix().map(|m| m.data().len()).unwrap_or(0);
-        if let Some(h) = &self.lm_head {
-            n += h.matrix().map(|m| m.data().len()).unwrap_or(0);
-        }
-        for l in &self.layers {
-            for t in [
-                Some(&l.wq),
-                l.wk.as_ref(),
-                l.wv.as_ref(),
-                Some(&l.wo),
-                Some(&l.w_gate),
-                Some(&l.w_up),
-                Some(&l.w_down),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                n += t.matrix().map(|m| m.data().len()).unwrap_or(0);
-            }
-        }
+        let bytes = |t: &Tensor| t.matrix().map(|m| m.data().len()).unwrap_or(0);
+        let mut n = bytes(&self.embed) + self.lm_head.as_ref().map_or(0, bytes);
+        n += self.linear_footprint().0;
         n
     }
 
@@ -400,22 +398,9 @@ impl Transformer {
     /// embeddings and LM head excluded): bits per weight = 8 bytes / weights.
     pub fn linear_footprint(&self) -> (usize, usize) {
         let (mut bytes, mut weights) = (0, 0);
-        for l in &self.layers {
-            for t in [
-                Some(&l.wq),
-                l.wk.as_ref(),
-                l.wv.as_ref(),
-                Some(&l.wo),
-                Some(&l.w_gate),
-                Some(&l.w_up),
-                Some(&l.w_down),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                bytes += t.matrix().map(|m| m.data().len()).unwrap_or(0);
-                weights += t.shape().iter().product::<usize>();
-            }
+        for t in self.layers.iter().flat_map(Layer::linears) {
+            bytes += t.matrix().map(|m| m.data().len()).unwrap_or(0);
+            weights += t.shape().iter().product::<usize>();
         }
         (bytes, weights)
     }
