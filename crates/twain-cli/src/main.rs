@@ -13,6 +13,7 @@ use twain_convert::Preset;
 use twain_core::{KvDtype, LinearDelta, Transformer};
 
 mod perplexity;
+mod recover;
 
 #[derive(Parser)]
 #[command(
@@ -175,6 +176,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Recover a converted model's accuracy by distillation from its f32
+    /// source (quantization-aware training of the 2-bit matrices).
+    Recover(recover::RecoverArgs),
     /// Perplexity over a text file (and KL divergence against a base model).
     Perplexity {
         #[command(flatten)]
@@ -552,6 +556,7 @@ fn run(cmd: Command) -> Res<()> {
                 json,
             )
         }
+        Command::Recover(args) => recover::run(args),
         Command::Perplexity {
             model,
             file,

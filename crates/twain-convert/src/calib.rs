@@ -51,6 +51,15 @@ pub fn calibration_tokens(tokenizer: &Tokenizer) -> Result<Vec<u32>, ConvertErro
     Ok(all)
 }
 
+/// Every token of [`CALIBRATION_TEXT`] and [`SELF_TEXT`]: the built-in
+/// training data of accuracy recovery (twain-train). Evaluation texts are
+/// never part of it.
+pub fn training_tokens(tokenizer: &Tokenizer) -> Result<Vec<u32>, ConvertError> {
+    let mut all = tokenizer.encode(CALIBRATION_TEXT, false)?;
+    all.extend(tokenizer.encode(SELF_TEXT, false)?);
+    Ok(all)
+}
+
 /// The model at `path` at full precision (f32 weights as read, f32 KV cache):
 /// the teacher that calibration and evaluation measure against.
 pub fn load_reference(path: &Path) -> Result<Transformer, ConvertError> {

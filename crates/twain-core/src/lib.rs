@@ -33,7 +33,7 @@
 mod error;
 mod kv;
 mod plan;
-mod rope;
+pub mod rope;
 mod transformer;
 
 pub use error::CoreError;

@@ -4,7 +4,7 @@
 use twain_io::{RopeLayout, RopeScaling};
 
 /// Inverse frequencies for one head, with Llama-3 frequency scaling applied when given.
-pub(crate) fn inv_freqs(head_dim: usize, theta: f32, scaling: Option<RopeScaling>) -> Vec<f32> {
+pub fn inv_freqs(head_dim: usize, theta: f32, scaling: Option<RopeScaling>) -> Vec<f32> {
     let half = head_dim / 2;
     (0..half)
         .map(|i| {
@@ -34,7 +34,7 @@ fn llama3_scale(freq: f64, s: RopeScaling) -> f64 {
 }
 
 /// `(sin, cos)` of every frequency at position `pos`, appended to `out`.
-pub(crate) fn angles(pos: usize, inv_freq: &[f32], out: &mut Vec<(f32, f32)>) {
+pub fn angles(pos: usize, inv_freq: &[f32], out: &mut Vec<(f32, f32)>) {
     out.extend(inv_freq.iter().map(|&f| (pos as f32 * f).sin_cos()));
 }
 

@@ -1,0 +1,159 @@
+//! `twain recover`: distill a converted (2-bit) model back towards its f32
+//! source, and write the recovered model.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use twain_train::{train, Student, Targets, TrainOptions};
+
+use crate::Res;
+
+#[derive(clap::Args)]
+pub(crate) struct RecoverArgs {
+    /// The converted model to recover (a twain native file, e.g. from
+    /// `twain convert --preset afm`).
+    student: PathBuf,
+    /// Its f32 source (the teacher): the GGUF / HF model it was converted from.
+    teacher: PathBuf,
+    /// Where to write the recovered model (twain native).
+    output: PathBuf,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Tokens per training sequence.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Peak learning rate of the 2-bit matrices' latent weights.
+    #[arg(long, default_value_t = 2e-5)]
+    lr_weights: f64,
+    /// Peak learning rate of the group scales (learnable clipping).
+    #[arg(long, default_value_t = 2e-5)]
+    lr_scales: f64,
+    /// Peak learning rate of the norm gains.
+    #[arg(long, default_value_t = 1e-4)]
+    lr_norms: f64,
+    /// What to train: any of weights, scales, norms (comma-separated).
+    #[arg(long, default_value = "weights,scales,norms")]
+    train: String,
+    /// Seed of the data order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Extra training text (repeatable): only text the teacher wrote itself
+    /// (`examples/selfgen`) or corpus text, never evaluation text.
+    #[arg(long)]
+    data: Vec<PathBuf>,
+    /// Checkpoint file (default: OUTPUT.ckpt).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Minutes between checkpoints.
+    #[arg(long, default_value_t = 5.0)]
+    checkpoint_minutes: f64,
+    /// Continue from the checkpoint (it must belong to this same run).
+    #[arg(long)]
+    resume: bool,
+}
+
+pub(crate) fn run(a: RecoverArgs) -> Res<()> {
+    let mut targets = Targets::none();
+    for t in a.train.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        match t {
+            "weights" => targets.weights = true,
+            "scales" => targets.scales = true,
+            "norms" => targets.norms = true,
+            other => {
+                return Err(format!(
+                    "--train: unknown target {other:?} (weights, scales, norms)"
+                ))
+            }
+        }
+    }
+    let checkpoint = a
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| a.output.with_extension("ckpt"));
+    if checkpoint.exists() && !a.resume {
+        return Err(format!(
+            "{} exists: pass --resume to continue that run, or remove it",
+            checkpoint.display()
+        ));
+    }
+    if a.resume && !checkpoint.exists() {
+        return Err(format!(
+            "--resume: no checkpoint at {}",
+            checkpoint.display()
+        ));
+    }
+    let base = twain_io::load_model(&a.student).map_err(|e| e.to_string())?;
+    let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&base).map_err(|e| e.to_string())?;
+    let teacher = twain_convert::calib::load_reference(&a.teacher).map_err(|e| e.to_string())?;
+    let mut data = twain_convert::calib::training_tokens(&tokenizer).map_err(|e| e.to_string())?;
+    for p in &a.data {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        data.extend(tokenizer.encode(&text, false).map_err(|e| e.to_string())?);
+    }
+    let student = Student::new(&base, targets).map_err(|e| e.to_string())?;
+    let mut opts = TrainOptions::default();
+    opts.steps = a.steps;
+    opts.seq_len = a.seq_len;
+    opts.batch = a.batch;
+    opts.lr_weights = a.lr_weights;
+    opts.lr_scales = a.lr_scales;
+    opts.lr_norms = a.lr_norms;
+    opts.seed = a.seed;
+    opts.checkpoint = Some(checkpoint.clone());
+    opts.checkpoint_every = Duration::from_secs_f64(60.0 * a.checkpoint_minutes.max(0.0));
+    eprintln!(
+        "training {} values of {} on {} tokens ({} per step, {} steps); checkpoint {}",
+        student.trained_values(),
+        a.student.display(),
+        data.len(),
+        opts.tokens_per_step(),
+        opts.steps,
+        checkpoint.display()
+    );
+    let pb = ProgressBar::new(opts.steps as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "[{elapsed_precise}] [{bar:30}] {pos}/{len} steps, ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let summary = train(&student, &teacher, &data, &opts, &mut |p| {
+        pb.set_position(p.step as u64);
+        pb.set_message(format!(
+            "{} tokens, KL {:.4}, {:.0} tokens/s{}",
+            p.tokens,
+            p.loss,
+            p.tokens_per_s,
+            if p.checkpointed { ", checkpointed" } else { "" }
+        ));
+        std::ops::ControlFlow::Continue(())
+    })
+    .map_err(|e| e.to_string())?;
+    pb.finish();
+    let provenance = BTreeMap::from([(
+        "twain.recovered".to_string(),
+        format!(
+            "distilled {} steps x {} tokens, seed {}, targets {}",
+            opts.steps,
+            opts.tokens_per_step(),
+            opts.seed,
+            a.train
+        ),
+    )]);
+    let bytes = twain_train::export::write_model(&student, &base, &a.output, provenance)
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "wrote {} ({bytes} bytes); {:.0} tokens/s, resumed from step {}",
+        a.output.display(),
+        summary.tokens_per_s,
+        summary.resumed_from
+    );
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! Fake quantization on twain's Q2 grid, differentiable: the forward pass is
+//! exactly twain's quantize -> dequantize of a row under given group scales
+//! ([`twain_quant::grid`]), the backward pass is the straight-through
+//! estimator for the weights and LSQ's step-size gradient for the scales.
+//!
+//! A Q2 row stores an f32 row scale `d` and a 4-bit sub-scale `k` in 0..=15
+//! per group of 32, so a group's scale is `d * k`. Training keeps `d` fixed
+//! (from the conversion) and learns a continuous scale `s` per group; the
+//! forward pass uses `d * clamp(round(s / d), 0, 15)`, the scale the row can
+//! store, and the gradient reaches `s` as if the rounding were not there (a
+//! group whose scale rounds to 0 is zero, as in the file, and gets no
+//! gradient).
+//! That is the learnable clipping of the reference system (`scale = f *
+//! max|w| / q_max` with `f` learned), on the grid the file format has.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use twain_quant::blocks::QK;
+use twain_quant::{grid, QuantFormat};
+
+/// The largest sub-scale a Q2 row stores.
+const K_MAX: f32 = 15.0;
+
+/// The scale a Q2 group uses for the continuous scale `s` under row scale
+/// `d`: `d * k`, `k = clamp(round(s / d), 0, 15)` (a zero row scale gives 0).
+#[inline]
+pub fn stored_scale(d: f32, s: f32) -> f32 {
+    if d > 0.0 && s.is_finite() {
+        d * (s / d).round().clamp(0.0, K_MAX)
+    } else {
+        0.0
+    }
+}
+
+/// Sub-scale `k` of [`stored_scale`].
+#[inline]
+pub fn stored_k(d: f32, s: f32) -> u8 {
+    if d > 0.0 && s.is_finite() {
+        (s / d).round().clamp(0.0, K_MAX) as u8
+    } else {
+        0
+    }
+}
+
+/// The fake-quantization op of one Q2 matrix (rows x cols): arguments are
+/// the latent weights (rows x cols) and the continuous group scales
+/// (rows x cols/32); the row scales are part of the op.
+#[derive(Debug, Clone)]
+pub struct FakeQ2 {
+    /// Row scale `d` of every row.
+    pub row_scale: Arc<Vec<f32>>,
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("fake-q2: {what} is not contiguous")))?;
+    Ok(&s.as_slice::<f32>()?[a..b])
+}
+
+impl FakeQ2 {
+    fn dims(&self, w: &Layout, s: &Layout) -> Result<(usize, usize)> {
+        let (rows, cols) = w.shape().dims2()?;
+        let (sr, nb) = s.shape().dims2()?;
+        if sr != rows || !cols.is_multiple_of(QK) || nb != cols / QK || self.row_scale.len() != rows
+        {
+            return Err(candle_core::Error::Msg(format!(
+                "fake-q2: weights {rows}x{cols}, scales {sr}x{nb}, {} row scales",
+                self.row_scale.len()
+            )));
+        }
+        Ok((rows, cols))
+    }
+}
+
+impl FakeQ2 {
+    fn backward(
+        &self,
+        wv: &[f32],
+        sv: &[f32],
+        gv: &[f32],
+        cols: usize,
+        dw: &mut [f32],
+        ds: &mut [f32],
+    ) -> Result<()> {
+        let nb = cols / QK;
+        if wv.len() != dw.len() || gv.len() != dw.len() || sv.len() != ds.len() {
+            return Err(candle_core::Error::Msg("fake-q2: gradient shapes".into()));
+        }
+        dw.par_chunks_mut(cols)
+            .zip(ds.par_chunks_mut(nb))
+            .enumerate()
+            .for_each(|(r, (dwr, dsr))| {
+                let d = self.row_scale[r];
+                for b in 0..nb {
+                    let sc = stored_scale(d, sv[r * nb + b]);
+                    if sc == 0.0 {
+                        continue;
+                    }
+                    let mut acc = 0.0f32;
+                    for c in b * QK..(b + 1) * QK {
+                        let x = wv[r * cols + c];
+                        let g = gv[r * cols + c];
+                        let u = x / sc;
+                        let level = grid::code(QuantFormat::Q2, sc, x) as f32 - 1.5;
+                        if u.abs() <= 2.0 {
+                            // Inside the grid's range: value ~ w, and
+                            // d value / d scale = level - w / scale (LSQ).
+                            dwr[c] = g;
+                            acc += g * (level - u);
+                        } else {
+                            // Clipped: value = +-1.5 scale.
+                            acc += g * level;
+                        }
+                    }
+                    dsr[b] = acc;
+                }
+            });
+        Ok(())
+    }
+}
+
+impl CustomOp2 for FakeQ2 {
+    fn name(&self) -> &'static str {
+        "twain-fake-q2"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, cols) = self.dims(l1, l2)?;
+        let w = contiguous(s1, l1, "weights")?;
+        let s = contiguous(s2, l2, "scales")?;
+        let nb = cols / QK;
+        let mut out = vec![0.0f32; rows * cols];
+        out.par_chunks_mut(cols).enumerate().for_each(|(r, o)| {
+            let d = self.row_scale[r];
+            for b in 0..nb {
+                let sc = stored_scale(d, s[r * nb + b]);
+                for c in b * QK..(b + 1) * QK {
+                    let x = w[r * cols + c];
+                    o[c] = grid::value(QuantFormat::Q2, sc, grid::code(QuantFormat::Q2, sc, x));
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((rows, cols))))
+    }
+
+    fn bwd(
+        &self,
+        w: &Tensor,
+        s: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows, cols) = w.dims2()?;
+        let nb = cols / QK;
+        let grad = grad.contiguous()?;
+        let mut dw = vec![0.0f32; rows * cols];
+        let mut ds = vec![0.0f32; rows * nb];
+        with_f32(w, |wv| {
+            with_f32(s, |sv| {
+                with_f32(&grad, |gv| {
+                    self.backward(wv, sv, gv, cols, &mut dw, &mut ds)
+                })
+            })
+        })????;
+        let dw = Tensor::from_vec(dw, (rows, cols), w.device())?;
+        let ds = Tensor::from_vec(ds, (rows, nb), s.device())?;
+        Ok((Some(dw), Some(ds)))
+    }
+}
+
+/// Q2 fake quantization of `w` (rows x cols) under group scales `s`
+/// (rows x cols/32) and row scales `d`.
+pub fn fake_q2(w: &Tensor, s: &Tensor, d: Arc<Vec<f32>>) -> Result<Tensor> {
+    w.apply_op2(s, FakeQ2 { row_scale: d })
+}
+
+/// Encode latent weights as a Q2 row of twain's format, with the scales the
+/// fake quantization uses: the bytes dequantize to exactly what [`fake_q2`]
+/// computes. `template` is a Q2 row of the same width (its row scale is kept).
+pub fn encode_q2_row(
+    template: &[u8],
+    w: &[f32],
+    s: &[f32],
+) -> std::result::Result<Vec<u8>, twain_quant::QuantError> {
+    let cols = w.len();
+    let mut row = template.to_vec();
+    let d = grid::q2_row_scale(&row).unwrap_or(0.0);
+    let mut codes = vec![0u8; cols];
+    for (b, &sb) in s.iter().enumerate().take(cols / QK) {
+        let sc = stored_scale(d, sb);
+        // set_group_scale stores round(sc / d) = k exactly.
+        grid::set_group_scale(QuantFormat::Q2, &mut row, cols, b, sc)?;
+        for c in b * QK..(b + 1) * QK {
+            codes[c] = grid::code(QuantFormat::Q2, sc, w[c]);
+        }
+    }
+    grid::set_codes(QuantFormat::Q2, &mut row, &codes)?;
+    Ok(row)
+}
+
+/// A contiguous f32 view of a CPU tensor's data, without copying.
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(contiguous(cpu, layout, "tensor")?)),
+        _ => Err(candle_core::Error::Msg(
+            "twain-train runs on the CPU".into(),
+        )),
+    }
+}
+
+/// `y = x W^T` for a matrix `W` that is not trained: its backward gives the
+/// input's gradient only (candle's matmul would also compute `W`'s).
+#[derive(Debug, Clone)]
+pub struct ConstLinear {
+    /// The rows x cols matrix, contiguous.
+    pub w: Tensor,
+}
+
+impl candle_core::CustomOp1 for ConstLinear {
+    fn name(&self) -> &'static str {
+        "twain-const-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l, "input")?;
+        let dims = l.shape().dims().to_vec();
+        let cols = *dims.last().unwrap_or(&0);
+        let (rows, wc) = self.w.dims2()?;
+        if cols != wc {
+            return Err(candle_core::Error::Msg(format!(
+                "const-linear: input width {cols}, matrix {rows}x{wc}"
+            )));
+        }
+        let n = x.len() / cols.max(1);
+        let xt = Tensor::from_slice(x, (n, cols), self.w.device())?;
+        let y = xt.matmul(&self.w.t()?)?;
+        let y = y.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = rows;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let rows = self.w.dims2()?.0;
+        let n = grad.elem_count() / rows;
+        let g = grad.contiguous()?.reshape((n, rows))?;
+        Ok(Some(g.matmul(&self.w)?.reshape(arg.shape())?))
+    }
+}
+
+/// Mean KL divergence from fixed target distributions (rows x vocab, each
+/// row summing to 1) to `softmax(logits)`, up to the targets' entropy: the
+/// forward gives `-(1/rows) sum p log softmax(z)`, the backward
+/// `(softmax(z) - p) / rows`, without the vocabulary-sized intermediates of
+/// composing it from elementwise ops.
+#[derive(Debug, Clone)]
+pub struct SoftCrossEntropy {
+    /// Target probabilities, rows x vocab.
+    pub p: Arc<Vec<f32>>,
+}
+
+fn log_softmax_row(z: &[f32], out: &mut [f32]) {
+    let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let s: f64 = z.iter().map(|&v| ((v - m) as f64).exp()).sum();
+    let lse = m as f64 + s.ln();
+    for (o, &v) in out.iter_mut().zip(z) {
+        *o = (v as f64 - lse) as f32;
+    }
+}
+
+impl candle_core::CustomOp1 for SoftCrossEntropy {
+    fn name(&self) -> &'static str {
+        "twain-soft-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let z = contiguous(s, l, "logits")?;
+        let (rows, vocab) = l.shape().dims2()?;
+        if self.p.len() != rows * vocab {
+            return Err(candle_core::Error::Msg(format!(
+                "soft cross-entropy: {rows}x{vocab} logits, {} target values",
+                self.p.len()
+            )));
+        }
+        let total: f64 = z
+            .par_chunks(vocab)
+            .zip(self.p.par_chunks(vocab))
+            .map(|(zr, pr)| {
+                let mut lq = vec![0.0f32; vocab];
+                log_softmax_row(zr, &mut lq);
+                -pr.iter()
+                    .zip(&lq)
+                    .map(|(&p, &q)| p as f64 * q as f64)
+                    .sum::<f64>()
+            })
+            .sum();
+        Ok((
+            CpuStorage::F32(vec![(total / rows as f64) as f32]),
+            Shape::from(()),
+        ))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (rows, vocab) = arg.dims2()?;
+        let g = grad.to_scalar::<f32>()? / rows as f32;
+        let mut out = vec![0.0f32; rows * vocab];
+        with_f32(arg, |z| {
+            out.par_chunks_mut(vocab)
+                .zip(z.par_chunks(vocab))
+                .zip(self.p.par_chunks(vocab))
+                .for_each(|((o, zr), pr)| {
+                    log_softmax_row(zr, o);
+                    for (o, &p) in o.iter_mut().zip(pr) {
+                        *o = g * (o.exp() - p);
+                    }
+                });
+        })?;
+        Ok(Some(Tensor::from_vec(out, (rows, vocab), arg.device())?))
+    }
+}

@@ -1,0 +1,572 @@
+//! The differentiable twain: the Llama-family forward of twain-core (GQA,
+//! RoPE in either pair layout, optional QK-norm and q/k/v bias, SwiGLU, the
+//! KV-sharing plan, the post-training rotations) in candle, over weights
+//! that are fixed, trainable, or fake-quantized on twain's Q2 grid.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor, Var, D};
+use twain_core::{KvPlan, ModelConfig};
+use twain_io::{LoadedModel, RopeLayout};
+use twain_quant::blocks::QK;
+use twain_quant::{grid, QuantFormat};
+
+use crate::fakequant::{fake_q2, ConstLinear, SoftCrossEntropy};
+use crate::TrainError;
+
+/// What a [`Student`] trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Targets {
+    /// The latent weights of every Q2 matrix (quantization-aware training).
+    pub weights: bool,
+    /// The group scales of every Q2 matrix (learnable clipping).
+    pub scales: bool,
+    /// The RMSNorm gains (attention, FFN, QK and final norms).
+    pub norms: bool,
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Self {
+            weights: true,
+            scales: true,
+            norms: true,
+        }
+    }
+}
+
+impl Targets {
+    /// Train nothing (a forward-only model).
+    pub fn none() -> Self {
+        Self {
+            weights: false,
+            scales: false,
+            norms: false,
+        }
+    }
+}
+
+/// A parameter: fixed or trained.
+#[derive(Debug, Clone)]
+enum Param {
+    Fixed(Tensor),
+    Train(Var),
+}
+
+impl Param {
+    fn new(t: Tensor, train: bool) -> Result<Self, TrainError> {
+        Ok(if train {
+            Param::Train(Var::from_tensor(&t)?)
+        } else {
+            Param::Fixed(t)
+        })
+    }
+
+    fn t(&self) -> &Tensor {
+        match self {
+            Param::Fixed(t) => t,
+            Param::Train(v) => v.as_tensor(),
+        }
+    }
+}
+
+/// A matrix (rows x cols) of the model as the forward uses it.
+#[derive(Debug, Clone)]
+enum Weight {
+    /// Used as stored (dequantized to f32 once).
+    Dense(Param),
+    /// Q2, fake-quantized: latent weights, continuous group scales and the
+    /// fixed row scales of the stored rows.
+    Q2 {
+        w: Param,
+        s: Param,
+        d: Arc<Vec<f32>>,
+    },
+}
+
+impl Weight {
+    fn value(&self) -> Result<Tensor, TrainError> {
+        Ok(match self {
+            Weight::Dense(p) => p.t().clone(),
+            Weight::Q2 { w, s, d } => fake_q2(w.t(), s.t(), d.clone())?,
+        })
+    }
+}
+
+struct Layer {
+    attn_norm: Param,
+    ffn_norm: Param,
+    wq: Weight,
+    wk: Option<Weight>,
+    wv: Option<Weight>,
+    wo: Weight,
+    bq: Option<Tensor>,
+    bk: Option<Tensor>,
+    bv: Option<Tensor>,
+    q_norm: Option<Param>,
+    k_norm: Option<Param>,
+    gate: Weight,
+    up: Weight,
+    down: Weight,
+}
+
+/// A model being trained: every tensor of a twain model file, Q2 matrices
+/// fake-quantized, in candle on the CPU.
+pub struct Student {
+    config: ModelConfig,
+    plan: KvPlan,
+    embed: Tensor,
+    lm_head: Option<Tensor>,
+    final_norm: Param,
+    /// `x -> x Q` with `Q = D H` (the residual rotation), and its transpose.
+    rot_residual: Option<(Tensor, Tensor)>,
+    /// `Q^T` of the down projection's input rotation.
+    rot_down: Option<Tensor>,
+    layers: Vec<Layer>,
+    inv_freq: Vec<f32>,
+    /// Trained parameters by tensor name (`.scales` for group scales).
+    vars: BTreeMap<String, Var>,
+    device: Device,
+}
+
+fn dense(model: &LoadedModel, name: &str, device: &Device) -> Result<Tensor, TrainError> {
+    let t = model.tensor(name)?;
+    let data = t.to_f32()?;
+    Ok(Tensor::from_vec(data, t.shape(), device)?)
+}
+
+/// `Q = D H_n` for the signs `D` stored as `name`, as an n x n tensor, and Q^T.
+fn rotation(
+    model: &LoadedModel,
+    name: &str,
+    device: &Device,
+) -> Result<Option<(Tensor, Tensor)>, TrainError> {
+    let Some(t) = model.tensors.get(name) else {
+        return Ok(None);
+    };
+    let signs = t.to_f32()?;
+    let n = signs.len();
+    let h = twain_quant::hadamard::matrix(n)
+        .ok_or_else(|| TrainError::Model(format!("{name}: no Hadamard transform of width {n}")))?;
+    let q: Vec<f32> = h
+        .chunks_exact(n)
+        .zip(&signs)
+        .flat_map(|(row, &s)| row.iter().map(move |v| v * s))
+        .collect();
+    let q = Tensor::from_vec(q, (n, n), device)?;
+    let qt = q.t()?.contiguous()?;
+    Ok(Some((q, qt)))
+}
+
+impl Student {
+    /// The model in `loaded` (any twain formats), with `targets` trained.
+    /// Q2 matrices are fake-quantized from their stored codes and scales, so
+    /// before any step the forward computes what the file holds.
+    pub fn new(loaded: &LoadedModel, targets: Targets) -> Result<Self, TrainError> {
+        let device = Device::Cpu;
+        let c = loaded.config.clone();
+        let plan = twain_core::validate_config(&c)?;
+        let mut vars = BTreeMap::new();
+        let mut weight = |name: String| -> Result<Weight, TrainError> {
+            let t = loaded.tensor(&name)?;
+            let (rows, cols) = match t.shape() {
+                [r, c] => (*r, *c),
+                s => {
+                    return Err(TrainError::Model(format!(
+                        "{name}: shape {s:?} is not a matrix"
+                    )))
+                }
+            };
+            if t.format() != QuantFormat::Q2 {
+                return Ok(Weight::Dense(Param::Fixed(dense(loaded, &name, &device)?)));
+            }
+            let m = t.matrix()?;
+            let nb = cols / QK;
+            let (mut d, mut s) = (Vec::with_capacity(rows), Vec::with_capacity(rows * nb));
+            for r in 0..rows {
+                let row = m.row_data(r)?;
+                let rd = grid::q2_row_scale(row).unwrap_or(0.0);
+                d.push(rd);
+                // The continuous scale starts at what the row stores.
+                s.extend(grid::group_scales(QuantFormat::Q2, row, cols)?);
+            }
+            let w = Tensor::from_vec(m.dequantize(), (rows, cols), &device)?;
+            let s = Tensor::from_vec(s, (rows, nb), &device)?;
+            let w = Param::new(w, targets.weights)?;
+            let s = Param::new(s, targets.scales)?;
+            if let Param::Train(v) = &w {
+                vars.insert(name.clone(), v.clone());
+            }
+            if let Param::Train(v) = &s {
+                vars.insert(format!("{name}.scales"), v.clone());
+            }
+            Ok(Weight::Q2 {
+                w,
+                s,
+                d: Arc::new(d),
+            })
+        };
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let p = |s: &str| format!("blk.{l}.{s}");
+            let owns = plan.owns(l);
+            let wq = weight(p("attn_q.weight"))?;
+            let wk = if owns {
+                Some(weight(p("attn_k.weight"))?)
+            } else {
+                None
+            };
+            let wv = if owns {
+                Some(weight(p("attn_v.weight"))?)
+            } else {
+                None
+            };
+            let wo = weight(p("attn_output.weight"))?;
+            let gate = weight(p("ffn_gate.weight"))?;
+            let up = weight(p("ffn_up.weight"))?;
+            let down = weight(p("ffn_down.weight"))?;
+            let bias = |s: &str, on: bool| -> Result<Option<Tensor>, TrainError> {
+                if on {
+                    Ok(Some(dense(loaded, &p(s), &device)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            let (bq, bk, bv) = (
+                bias("attn_q.bias", c.qkv_bias)?,
+                bias("attn_k.bias", c.qkv_bias && owns)?,
+                bias("attn_v.bias", c.qkv_bias && owns)?,
+            );
+            layers.push(Layer {
+                attn_norm: Param::Fixed(dense(loaded, &p("attn_norm.weight"), &device)?),
+                ffn_norm: Param::Fixed(dense(loaded, &p("ffn_norm.weight"), &device)?),
+                wq,
+                wk,
+                wv,
+                wo,
+                bq,
+                bk,
+                bv,
+                q_norm: if c.qk_norm {
+                    Some(Param::Fixed(dense(
+                        loaded,
+                        &p("attn_q_norm.weight"),
+                        &device,
+                    )?))
+                } else {
+                    None
+                },
+                k_norm: if c.qk_norm && owns {
+                    Some(Param::Fixed(dense(
+                        loaded,
+                        &p("attn_k_norm.weight"),
+                        &device,
+                    )?))
+                } else {
+                    None
+                },
+                gate,
+                up,
+                down,
+            });
+        }
+        let mut norm = |name: String| -> Result<Param, TrainError> {
+            let p = Param::new(dense(loaded, &name, &device)?, targets.norms)?;
+            if let Param::Train(v) = &p {
+                vars.insert(name, v.clone());
+            }
+            Ok(p)
+        };
+        for (l, layer) in layers.iter_mut().enumerate() {
+            layer.attn_norm = norm(format!("blk.{l}.attn_norm.weight"))?;
+            layer.ffn_norm = norm(format!("blk.{l}.ffn_norm.weight"))?;
+            if layer.q_norm.is_some() {
+                layer.q_norm = Some(norm(format!("blk.{l}.attn_q_norm.weight"))?);
+            }
+            if layer.k_norm.is_some() {
+                layer.k_norm = Some(norm(format!("blk.{l}.attn_k_norm.weight"))?);
+            }
+        }
+        let final_norm = norm("output_norm.weight".to_string())?;
+        let embed = dense(loaded, "token_embd.weight", &device)?;
+        let lm_head = if c.tied_embeddings {
+            None
+        } else {
+            Some(dense(loaded, "output.weight", &device)?)
+        };
+        let rot_residual = rotation(loaded, "rotation.residual", &device)?;
+        let rot_down = rotation(loaded, "rotation.ffn_down", &device)?.map(|(_, qt)| qt);
+        let inv_freq = twain_core::rope::inv_freqs(c.head_dim, c.rope_theta, c.rope_scaling);
+        Ok(Student {
+            config: c,
+            plan,
+            embed,
+            lm_head,
+            final_norm,
+            rot_residual,
+            rot_down,
+            layers,
+            inv_freq,
+            vars,
+            device,
+        })
+    }
+
+    /// The model's hyperparameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The trained parameters by name (Q2 latent weights under the tensor's
+    /// name, their group scales under `NAME.scales`, norm gains).
+    pub fn vars(&self) -> &BTreeMap<String, Var> {
+        &self.vars
+    }
+
+    /// Number of trained values.
+    pub fn trained_values(&self) -> usize {
+        self.vars.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// The Q2 matrices: name, latent weights, continuous scales, row scales.
+    pub(crate) fn q2_matrices(&self) -> Vec<(String, &Tensor, &Tensor)> {
+        let mut out = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let named = [
+                ("attn_q", Some(&layer.wq)),
+                ("attn_k", layer.wk.as_ref()),
+                ("attn_v", layer.wv.as_ref()),
+                ("attn_output", Some(&layer.wo)),
+                ("ffn_gate", Some(&layer.gate)),
+                ("ffn_up", Some(&layer.up)),
+                ("ffn_down", Some(&layer.down)),
+            ];
+            for (n, w) in named {
+                if let Some(Weight::Q2 { w, s, .. }) = w {
+                    out.push((format!("blk.{l}.{n}.weight"), w.t(), s.t()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The norm gains the model holds now, by tensor name.
+    pub(crate) fn norms(&self) -> Vec<(String, &Tensor)> {
+        let mut out = vec![("output_norm.weight".to_string(), self.final_norm.t())];
+        for (l, layer) in self.layers.iter().enumerate() {
+            out.push((format!("blk.{l}.attn_norm.weight"), layer.attn_norm.t()));
+            out.push((format!("blk.{l}.ffn_norm.weight"), layer.ffn_norm.t()));
+            if let Some(q) = &layer.q_norm {
+                out.push((format!("blk.{l}.attn_q_norm.weight"), q.t()));
+            }
+            if let Some(k) = &layer.k_norm {
+                out.push((format!("blk.{l}.attn_k_norm.weight"), k.t()));
+            }
+        }
+        out
+    }
+
+    /// Logits (batch * len x vocab) of `tokens`, `batch` sequences of `len`
+    /// tokens each starting at position 0, every layer on every position.
+    pub fn forward(&self, tokens: &[u32], batch: usize) -> Result<Tensor, TrainError> {
+        let c = &self.config;
+        if batch == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(batch) {
+            return Err(TrainError::Data(format!(
+                "{} tokens do not split into {batch} sequences",
+                tokens.len()
+            )));
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(TrainError::Data(format!(
+                "token id {t} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        let len = tokens.len() / batch;
+        if len > c.context_length {
+            return Err(TrainError::Data(format!(
+                "sequences of {len} tokens exceed the context of {}",
+                c.context_length
+            )));
+        }
+        let dev = &self.device;
+        let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), dev)?;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        if let Some((_, qt)) = &self.rot_residual {
+            // x Q = x (Q^T)^T
+            x = const_linear(&x, qt)?;
+        }
+        let (cos, sin) = self.rope_tables(len)?;
+        let mask = causal_mask(len, dev)?;
+        let mut caches: Vec<Option<(Tensor, Tensor)>> = vec![None; c.n_layers];
+        for (l, layer) in self.layers.iter().enumerate() {
+            x = self.layer(l, layer, &x, batch, len, &cos, &sin, &mask, &mut caches)?;
+        }
+        if let Some((q, _)) = &self.rot_residual {
+            // x Q^T
+            x = const_linear(&x, q)?;
+        }
+        let x = rms_norm(&x, self.final_norm.t(), c.rms_eps)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        const_linear(&x, head)
+    }
+
+    fn rope_tables(&self, len: usize) -> Result<(Tensor, Tensor), TrainError> {
+        let half = self.inv_freq.len();
+        let mut ang = Vec::with_capacity(len * half);
+        for p in 0..len {
+            twain_core::rope::angles(p, &self.inv_freq, &mut ang);
+        }
+        let sin: Vec<f32> = ang.iter().map(|a| a.0).collect();
+        let cos: Vec<f32> = ang.iter().map(|a| a.1).collect();
+        Ok((
+            Tensor::from_vec(cos, (len, half), &self.device)?,
+            Tensor::from_vec(sin, (len, half), &self.device)?,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer(
+        &self,
+        l: usize,
+        layer: &Layer,
+        x: &Tensor,
+        batch: usize,
+        len: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        caches: &mut [Option<(Tensor, Tensor)>],
+    ) -> Result<Tensor, TrainError> {
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        let eps = c.rms_eps;
+        let h = rms_norm(x, layer.attn_norm.t(), eps)?;
+        let mut q = linear(&h, &layer.wq, layer.bq.as_ref())?.reshape((batch, len, nh, hd))?;
+        if let Some(w) = &layer.q_norm {
+            q = rms_norm(&q, w.t(), eps)?;
+        }
+        let q = (rope(&q, cos, sin, c.rope_layout)? * (1.0 / (hd as f64).sqrt()))?;
+        if let (Some(wk), Some(wv)) = (&layer.wk, &layer.wv) {
+            let mut k = linear(&h, wk, layer.bk.as_ref())?.reshape((batch, len, nkv, hd))?;
+            if let Some(w) = &layer.k_norm {
+                k = rms_norm(&k, w.t(), eps)?;
+            }
+            let k = rope(&k, cos, sin, c.rope_layout)?;
+            let v = linear(&h, wv, layer.bv.as_ref())?.reshape((batch, len, nkv, hd))?;
+            // batch x kv head x len x hd
+            caches[l] = Some((
+                k.transpose(1, 2)?.contiguous()?,
+                v.transpose(1, 2)?.contiguous()?,
+            ));
+        }
+        let src = self.plan.source(l);
+        let (k, v) = caches[src].clone().ok_or_else(|| {
+            TrainError::Model(format!(
+                "layer {l} reads layer {src}'s cache, which is empty"
+            ))
+        })?;
+        let group = nh / nkv;
+        let expand = |t: &Tensor| -> Result<Tensor, TrainError> {
+            if group == 1 {
+                return Ok(t.clone());
+            }
+            Ok(t.unsqueeze(2)?
+                .expand((batch, nkv, group, len, hd))?
+                .reshape((batch, nh, len, hd))?)
+        };
+        let (k, v) = (expand(&k)?, expand(&v)?);
+        let q = q.transpose(1, 2)?.contiguous()?; // batch x head x len x hd
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let p = softmax_last(&scores)?;
+        let att = p
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch * len, nh * hd))?;
+        let x = (x + linear(&att, &layer.wo, None)?)?;
+        let h = rms_norm(&x, layer.ffn_norm.t(), eps)?;
+        let g = linear(&h, &layer.gate, None)?;
+        let u = linear(&h, &layer.up, None)?;
+        let mut a = (g.silu()? * u)?;
+        if let Some(qt) = &self.rot_down {
+            a = const_linear(&a, qt)?;
+        }
+        Ok((x + linear(&a, &layer.down, None)?)?)
+    }
+}
+
+fn linear(x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Result<Tensor, TrainError> {
+    let y = match w {
+        Weight::Dense(Param::Fixed(w)) => const_linear(x, w)?,
+        _ => x.matmul(&w.value()?.t()?)?,
+    };
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// `x W^T` for a fixed `W` (no gradient computed for it).
+fn const_linear(x: &Tensor, w: &Tensor) -> Result<Tensor, TrainError> {
+    Ok(x.apply_op1(ConstLinear { w: w.clone() })?)
+}
+
+/// `-(1/rows) sum p log softmax(logits)` for fixed target rows `p`.
+pub(crate) fn soft_cross_entropy(logits: &Tensor, p: Vec<f32>) -> Result<Tensor, TrainError> {
+    Ok(logits.apply_op1(SoftCrossEntropy { p: Arc::new(p) })?)
+}
+
+/// RMSNorm over the last dimension with gain `w`.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor, TrainError> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps as f64)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+}
+
+/// Softmax over the last dimension (composed of differentiable ops).
+fn softmax_last(x: &Tensor) -> Result<Tensor, TrainError> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+fn causal_mask(len: usize, dev: &Device) -> Result<Tensor, TrainError> {
+    let m: Vec<f32> = (0..len * len)
+        .map(|i| if i % len > i / len { -1e30 } else { 0.0 })
+        .collect();
+    Ok(Tensor::from_vec(m, (len, len), dev)?)
+}
+
+/// RoPE on `x` (batch x len x heads x hd) with tables (len x hd/2).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<Tensor, TrainError> {
+    let (b, t, h, hd) = x.dims4()?;
+    let half = hd / 2;
+    let (x0, x1, tab_shape, dim) = match layout {
+        RopeLayout::Interleaved => {
+            let x = x.reshape((b, t, h, half, 2))?;
+            (
+                x.narrow(4, 0, 1)?,
+                x.narrow(4, 1, 1)?,
+                (1, t, 1, half, 1),
+                4,
+            )
+        }
+        RopeLayout::HalfSplit => {
+            let x = x.reshape((b, t, h, 2, half))?;
+            (
+                x.narrow(3, 0, 1)?,
+                x.narrow(3, 1, 1)?,
+                (1, t, 1, 1, half),
+                3,
+            )
+        }
+    };
+    let cos = cos.reshape(tab_shape)?;
+    let sin = sin.reshape(tab_shape)?;
+    let o0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let o1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Ok(Tensor::cat(&[&o0, &o1], dim)?.reshape((b, t, h, hd))?)
+}
