@@ -124,10 +124,33 @@ pub(crate) fn run(a: RecoverArgs) -> Res<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
+    // Without a terminal (a job in the background), a log line per 10 steps.
+    let log = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let t0 = std::time::Instant::now();
+    // The loss of one step depends on its windows: show the mean of the
+    // last ten.
+    let mut recent = std::collections::VecDeque::new();
     let summary = train(&student, &teacher, &data, &opts, &mut |p| {
+        recent.push_back(p.loss);
+        if recent.len() > 10 {
+            recent.pop_front();
+        }
+        let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+        if log && (p.step % 10 == 0 || p.checkpointed || p.step == p.steps) {
+            eprintln!(
+                "step {}/{} tokens {} KL {:.4} (last 10: {mean:.4}) {:.1} tokens/s elapsed {:.0}s{}",
+                p.step,
+                p.steps,
+                p.tokens,
+                p.loss,
+                p.tokens_per_s,
+                t0.elapsed().as_secs_f64(),
+                if p.checkpointed { " checkpointed" } else { "" }
+            );
+        }
         pb.set_position(p.step as u64);
         pb.set_message(format!(
-            "{} tokens, KL {:.4}, {:.0} tokens/s{}",
+            "{} tokens, KL {:.4} (last 10: {mean:.4}), {:.0} tokens/s{}",
             p.tokens,
             p.loss,
             p.tokens_per_s,

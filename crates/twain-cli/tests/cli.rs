@@ -341,3 +341,69 @@ fn adapters_apply_unmerged_bake_in_and_mismatches_are_refused() {
     assert!(err.contains("blk.0."), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `twain recover` on the real model: a few short steps of distillation
+/// write a model that loads and generates; an existing checkpoint is not
+/// overwritten without --resume, and --resume continues it to the end.
+#[test]
+fn recover_trains_checkpoints_resumes_and_writes_a_model() {
+    let g = gguf();
+    let dir = std::env::temp_dir().join(format!("twain-recover-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let student = dir.join("afm.twain");
+    let (_, err, ok) = twain(&[
+        "convert",
+        g.to_str().unwrap(),
+        student.to_str().unwrap(),
+        "--preset",
+        "afm",
+        "--no-calibrate",
+    ]);
+    assert!(ok, "stderr: {err}");
+    let out = dir.join("recovered.twain");
+    let ckpt = dir.join("run.ckpt");
+    let run = |steps: &str, train: &str, extra: &[&str]| {
+        let mut args = vec![
+            "recover",
+            student.to_str().unwrap(),
+            g.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--steps",
+            steps,
+            "--seq-len",
+            "24",
+            "--batch",
+            "1",
+            "--train",
+            train,
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        twain(&args)
+    };
+    let t = "scales,norms";
+    let (_, err, ok) = run("2", t, &["--checkpoint-minutes", "0"]);
+    assert!(ok, "stderr: {err}");
+    assert!(err.contains("step 2/2"), "a log line per step without a terminal: {err}");
+    // The checkpoint is there: a new run must say --resume.
+    let (_, err, ok) = run("2", t, &[]);
+    assert!(!ok && err.contains("--resume"), "stderr: {err}");
+    // Another run's settings: refused, naming the checkpoint.
+    let (_, err, ok) = run("3", t, &["--resume"]);
+    assert!(!ok && err.contains("another run"), "stderr: {err}");
+    let (_, err, ok) = run("2", "scales,bogus", &["--resume"]);
+    assert!(!ok && err.contains("bogus"), "stderr: {err}");
+    let (_, err, ok) = run("2", t, &["--resume"]);
+    assert!(ok && err.contains("resumed from step 2"), "stderr: {err}");
+    let (text, err, ok) = twain(&[
+        "generate",
+        "--model",
+        out.to_str().unwrap(),
+        "--max-tokens",
+        "8",
+        "Hello",
+    ]);
+    assert!(ok && !text.trim().is_empty(), "stderr: {err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -330,3 +330,62 @@ impl candle_core::CustomOp1 for SoftCrossEntropy {
         Ok(Some(Tensor::from_vec(out, (rows, vocab), arg.device())?))
     }
 }
+
+/// The rotation `x -> (x * D) H` of every row (`H` the normalized Hadamard
+/// matrix of the row width, `D` a sign vector) with twain's fast transform:
+/// O(n log n) per row instead of a dense n x n matmul, forward and backward
+/// (`dx = (dy H^T) * D`). With `inverse`, `x -> (x H^T) * D`.
+#[derive(Debug, Clone)]
+pub struct Rotate {
+    /// The signs `D`.
+    pub signs: Arc<Vec<f32>>,
+    /// Apply the inverse rotation.
+    pub inverse: bool,
+}
+
+impl Rotate {
+    fn apply(&self, data: &mut [f32], inverse: bool) -> Result<()> {
+        let n = self.signs.len();
+        data.par_chunks_mut(n)
+            .try_for_each(|row| -> std::result::Result<(), twain_quant::QuantError> {
+                if inverse {
+                    twain_quant::hadamard::transform_transposed(row)?;
+                    row.iter_mut().zip(self.signs.iter()).for_each(|(a, s)| *a *= s);
+                } else {
+                    row.iter_mut().zip(self.signs.iter()).for_each(|(a, s)| *a *= s);
+                    twain_quant::hadamard::transform(row)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| candle_core::Error::Msg(format!("rotation: {e}")))
+    }
+}
+
+impl candle_core::CustomOp1 for Rotate {
+    fn name(&self) -> &'static str {
+        "twain-rotate"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l, "input")?;
+        if l.shape().dims().last() != Some(&self.signs.len()) {
+            return Err(candle_core::Error::Msg(format!(
+                "rotation of width {} on rows of {:?}",
+                self.signs.len(),
+                l.shape()
+            )));
+        }
+        let mut y = x.to_vec();
+        self.apply(&mut y, self.inverse)?;
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // y = (x D) H  =>  dx = (dy H^T) D: the inverse rotation of dy; and
+        // the inverse's gradient is the forward rotation.
+        let g = grad.contiguous()?;
+        let mut dx = with_f32(&g, |v| v.to_vec())?;
+        self.apply(&mut dx, !self.inverse)?;
+        Ok(Some(Tensor::from_vec(dx, grad.shape(), grad.device())?))
+    }
+}

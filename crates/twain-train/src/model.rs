@@ -12,7 +12,7 @@ use twain_io::{LoadedModel, RopeLayout};
 use twain_quant::blocks::QK;
 use twain_quant::{grid, QuantFormat};
 
-use crate::fakequant::{fake_q2, ConstLinear, SoftCrossEntropy};
+use crate::fakequant::{fake_q2, ConstLinear, Rotate, SoftCrossEntropy};
 use crate::TrainError;
 
 /// What a [`Student`] trains.
@@ -120,10 +120,10 @@ pub struct Student {
     embed: Tensor,
     lm_head: Option<Tensor>,
     final_norm: Param,
-    /// `x -> x Q` with `Q = D H` (the residual rotation), and its transpose.
-    rot_residual: Option<(Tensor, Tensor)>,
-    /// `Q^T` of the down projection's input rotation.
-    rot_down: Option<Tensor>,
+    /// Signs of the residual rotation `x -> (x D) H`.
+    rot_residual: Option<Arc<Vec<f32>>>,
+    /// Signs of the down projection's input rotation.
+    rot_down: Option<Arc<Vec<f32>>>,
     layers: Vec<Layer>,
     inv_freq: Vec<f32>,
     /// Trained parameters by tensor name (`.scales` for group scales).
@@ -137,27 +137,26 @@ fn dense(model: &LoadedModel, name: &str, device: &Device) -> Result<Tensor, Tra
     Ok(Tensor::from_vec(data, t.shape(), device)?)
 }
 
-/// `Q = D H_n` for the signs `D` stored as `name`, as an n x n tensor, and Q^T.
-fn rotation(
-    model: &LoadedModel,
-    name: &str,
-    device: &Device,
-) -> Result<Option<(Tensor, Tensor)>, TrainError> {
+/// The signs `D` of the rotation `x -> (x D) H_n` stored as `name`.
+fn rotation(model: &LoadedModel, name: &str) -> Result<Option<Arc<Vec<f32>>>, TrainError> {
     let Some(t) = model.tensors.get(name) else {
         return Ok(None);
     };
     let signs = t.to_f32()?;
-    let n = signs.len();
-    let h = twain_quant::hadamard::matrix(n)
-        .ok_or_else(|| TrainError::Model(format!("{name}: no Hadamard transform of width {n}")))?;
-    let q: Vec<f32> = h
-        .chunks_exact(n)
-        .zip(&signs)
-        .flat_map(|(row, &s)| row.iter().map(move |v| v * s))
-        .collect();
-    let q = Tensor::from_vec(q, (n, n), device)?;
-    let qt = q.t()?.contiguous()?;
-    Ok(Some((q, qt)))
+    if !twain_quant::hadamard::supported(signs.len()) {
+        return Err(TrainError::Model(format!(
+            "{name}: no Hadamard transform of width {}",
+            signs.len()
+        )));
+    }
+    Ok(Some(Arc::new(signs)))
+}
+
+fn rotate(x: &Tensor, signs: &Arc<Vec<f32>>, inverse: bool) -> Result<Tensor, TrainError> {
+    Ok(x.apply_op1(Rotate {
+        signs: signs.clone(),
+        inverse,
+    })?)
 }
 
 impl Student {
@@ -296,8 +295,8 @@ impl Student {
         } else {
             Some(dense(loaded, "output.weight", &device)?)
         };
-        let rot_residual = rotation(loaded, "rotation.residual", &device)?;
-        let rot_down = rotation(loaded, "rotation.ffn_down", &device)?.map(|(_, qt)| qt);
+        let rot_residual = rotation(loaded, "rotation.residual")?;
+        let rot_down = rotation(loaded, "rotation.ffn_down")?;
         let inv_freq = twain_core::rope::inv_freqs(c.head_dim, c.rope_theta, c.rope_scaling);
         Ok(Student {
             config: c,
@@ -394,9 +393,8 @@ impl Student {
         let dev = &self.device;
         let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), dev)?;
         let mut x = self.embed.index_select(&ids, 0)?;
-        if let Some((_, qt)) = &self.rot_residual {
-            // x Q = x (Q^T)^T
-            x = const_linear(&x, qt)?;
+        if let Some(sg) = &self.rot_residual {
+            x = rotate(&x, sg, false)?;
         }
         let (cos, sin) = self.rope_tables(len)?;
         let mask = causal_mask(len, dev)?;
@@ -404,9 +402,8 @@ impl Student {
         for (l, layer) in self.layers.iter().enumerate() {
             x = self.layer(l, layer, &x, batch, len, &cos, &sin, &mask, &mut caches)?;
         }
-        if let Some((q, _)) = &self.rot_residual {
-            // x Q^T
-            x = const_linear(&x, q)?;
+        if let Some(sg) = &self.rot_residual {
+            x = rotate(&x, sg, true)?;
         }
         let x = rms_norm(&x, self.final_norm.t(), c.rms_eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
@@ -490,8 +487,8 @@ impl Student {
         let g = linear(&h, &layer.gate, None)?;
         let u = linear(&h, &layer.up, None)?;
         let mut a = (g.silu()? * u)?;
-        if let Some(qt) = &self.rot_down {
-            a = const_linear(&a, qt)?;
+        if let Some(sg) = &self.rot_down {
+            a = rotate(&a, sg, false)?;
         }
         Ok((x + linear(&a, &layer.down, None)?)?)
     }

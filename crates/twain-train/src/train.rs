@@ -355,6 +355,19 @@ fn load(path: &Path, student: &Student, adam: &mut Adam, fp: &str) -> Result<usi
     Ok(h.step)
 }
 
+/// Set the student's trained values to those of the checkpoint at `path`
+/// (any run of the same trained tensors: the fingerprint is not checked),
+/// to inspect or export a run in progress. Returns the checkpoint's step.
+pub fn load_values(path: &Path, student: &Student) -> Result<usize, TrainError> {
+    let mut adam = Adam::new(student);
+    let bytes = std::fs::read(path).map_err(|e| bad(path, e.to_string()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(path, format!("not a checkpoint: {e}")))?;
+    let fp = header(path, meta.metadata())?.fingerprint;
+    drop(bytes);
+    load(path, student, &mut adam, &fp)
+}
+
 /// The windows of step `step`: `batch` windows of `seq_len` tokens, in a
 /// seeded order that changes every pass over the data.
 fn windows_of_step(n_windows: usize, opts: &TrainOptions, step: usize) -> Vec<usize> {
