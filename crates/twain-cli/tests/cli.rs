@@ -385,7 +385,10 @@ fn recover_trains_checkpoints_resumes_and_writes_a_model() {
     let t = "scales,norms";
     let (_, err, ok) = run("2", t, &["--checkpoint-minutes", "0"]);
     assert!(ok, "stderr: {err}");
-    assert!(err.contains("step 2/2"), "a log line per step without a terminal: {err}");
+    assert!(
+        err.contains("step 2/2"),
+        "a log line per step without a terminal: {err}"
+    );
     // The checkpoint is there: a new run must say --resume.
     let (_, err, ok) = run("2", t, &[]);
     assert!(!ok && err.contains("--resume"), "stderr: {err}");

@@ -242,9 +242,8 @@ impl candle_core::CustomOp1 for ConstLinear {
             )));
         }
         let n = x.len() / cols.max(1);
-        let xt = Tensor::from_slice(x, (n, cols), self.w.device())?;
-        let y = xt.matmul(&self.w.t()?)?;
-        let y = y.flatten_all()?.to_vec1::<f32>()?;
+        let mut y = vec![0.0f32; n * rows];
+        with_f32(&self.w, |w| gemm_nt(x, w, cols, &mut y))??;
         let mut out = dims;
         if let Some(last) = out.last_mut() {
             *last = rows;
@@ -350,9 +349,13 @@ impl Rotate {
             .try_for_each(|row| -> std::result::Result<(), twain_quant::QuantError> {
                 if inverse {
                     twain_quant::hadamard::transform_transposed(row)?;
-                    row.iter_mut().zip(self.signs.iter()).for_each(|(a, s)| *a *= s);
+                    row.iter_mut()
+                        .zip(self.signs.iter())
+                        .for_each(|(a, s)| *a *= s);
                 } else {
-                    row.iter_mut().zip(self.signs.iter()).for_each(|(a, s)| *a *= s);
+                    row.iter_mut()
+                        .zip(self.signs.iter())
+                        .for_each(|(a, s)| *a *= s);
                     twain_quant::hadamard::transform(row)?;
                 }
                 Ok(())
@@ -388,4 +391,151 @@ impl candle_core::CustomOp1 for Rotate {
         self.apply(&mut dx, !self.inverse)?;
         Ok(Some(Tensor::from_vec(dx, grad.shape(), grad.device())?))
     }
+}
+
+/// `out = a b^T` for row-major `a` (n x k) and `b` (m x k), with twain's f32
+/// kernels (the prefill path: register-tiled, on all threads).
+pub(crate) fn gemm_nt(a: &[f32], b: &[f32], k: usize, out: &mut [f32]) -> Result<()> {
+    let m = b.len() / k.max(1);
+    let w = twain_quant::QMatrixRef::new(QuantFormat::F32, m, k, bytemuck::cast_slice(b))
+        .map_err(|e| candle_core::Error::Msg(format!("gemm: {e}")))?;
+    twain_quant::matmul(&w, a, out, twain_quant::Parallelism::Rayon)
+        .map_err(|e| candle_core::Error::Msg(format!("gemm: {e}")))
+}
+
+/// The transpose of a row-major rows x cols matrix.
+pub(crate) fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; a.len()];
+    const B: usize = 32;
+    t.par_chunks_mut(B * rows)
+        .enumerate()
+        .for_each(|(cb, dst)| {
+            let c0 = cb * B;
+            let c1 = (c0 + B).min(cols);
+            for r in 0..rows {
+                for c in c0..c1 {
+                    dst[(c - c0) * rows + r] = a[r * cols + c];
+                }
+            }
+        });
+    t
+}
+
+/// `y = x Q^T` where `Q` is the Q2 fake quantization of latent weights `w`
+/// (rows x cols) under group scales `s`, in one op: the forward and both
+/// backward products run on twain's f32 kernels, and the weight gradient
+/// goes straight to the latent weights and scales (straight-through / LSQ,
+/// as [`FakeQ2`]) without a rows x cols intermediate node.
+#[derive(Debug, Clone)]
+pub struct QLinear {
+    /// The fake quantization (row scales).
+    pub q: FakeQ2,
+}
+
+impl QLinear {
+    fn quantized(&self, w: &[f32], s: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let nb = cols / QK;
+        let mut out = vec![0.0f32; rows * cols];
+        out.par_chunks_mut(cols).enumerate().for_each(|(r, o)| {
+            let d = self.q.row_scale[r];
+            for b in 0..nb {
+                let sc = stored_scale(d, s[r * nb + b]);
+                for c in b * QK..(b + 1) * QK {
+                    let x = w[r * cols + c];
+                    o[c] = grid::value(QuantFormat::Q2, sc, grid::code(QuantFormat::Q2, sc, x));
+                }
+            }
+        });
+        out
+    }
+}
+
+impl candle_core::CustomOp3 for QLinear {
+    fn name(&self) -> &'static str {
+        "twain-q2-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, cols) = self.q.dims(l2, l3)?;
+        let x = contiguous(s1, l1, "input")?;
+        let dims = l1.shape().dims().to_vec();
+        if dims.last() != Some(&cols) {
+            return Err(candle_core::Error::Msg(format!(
+                "q2-linear: input {dims:?}, matrix {rows}x{cols}"
+            )));
+        }
+        let wq = self.quantized(
+            contiguous(s2, l2, "weights")?,
+            contiguous(s3, l3, "scales")?,
+            rows,
+            cols,
+        );
+        let n = x.len() / cols;
+        let mut y = vec![0.0f32; n * rows];
+        gemm_nt(x, &wq, cols, &mut y)?;
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = rows;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        s: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, cols) = w.dims2()?;
+        let nb = cols / QK;
+        let grad = grad.contiguous()?;
+        let x = x.contiguous()?;
+        let n = x.elem_count() / cols;
+        let mut dx = vec![0.0f32; n * cols];
+        let mut dq = vec![0.0f32; rows * cols];
+        with_f32(w, |wv| {
+            with_f32(s, |sv| {
+                with_f32(&grad, |g| {
+                    with_f32(&x, |xv| -> Result<()> {
+                        let wq = self.quantized(wv, sv, rows, cols);
+                        // dx = dy Q: rows of Q^T against dy.
+                        gemm_nt(g, &transpose(&wq, rows, cols), rows, &mut dx)?;
+                        // dQ = dy^T x: rows of x^T against dy^T.
+                        gemm_nt(&transpose(g, n, rows), &transpose(xv, n, cols), n, &mut dq)
+                    })
+                })
+            })
+        })?????;
+        let mut dw = vec![0.0f32; rows * cols];
+        let mut ds = vec![0.0f32; rows * nb];
+        with_f32(w, |wv| {
+            with_f32(s, |sv| self.q.backward(wv, sv, &dq, cols, &mut dw, &mut ds))
+        })???;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, (rows, cols), w.device())?),
+            Some(Tensor::from_vec(ds, (rows, nb), s.device())?),
+        ))
+    }
+}
+
+/// `x Q^T` for the Q2 fake quantization `Q` of `w` under `s` and `d`.
+pub fn q2_linear(x: &Tensor, w: &Tensor, s: &Tensor, d: Arc<Vec<f32>>) -> Result<Tensor> {
+    x.apply_op3(
+        w,
+        s,
+        QLinear {
+            q: FakeQ2 { row_scale: d },
+        },
+    )
 }

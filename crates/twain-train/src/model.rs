@@ -12,7 +12,7 @@ use twain_io::{LoadedModel, RopeLayout};
 use twain_quant::blocks::QK;
 use twain_quant::{grid, QuantFormat};
 
-use crate::fakequant::{fake_q2, ConstLinear, Rotate, SoftCrossEntropy};
+use crate::fakequant::{fake_q2, q2_linear, ConstLinear, Rotate, SoftCrossEntropy};
 use crate::TrainError;
 
 /// What a [`Student`] trains.
@@ -497,6 +497,7 @@ impl Student {
 fn linear(x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Result<Tensor, TrainError> {
     let y = match w {
         Weight::Dense(Param::Fixed(w)) => const_linear(x, w)?,
+        Weight::Q2 { w, s, d } => q2_linear(x, w.t(), s.t(), d.clone())?,
         _ => x.matmul(&w.value()?.t()?)?,
     };
     Ok(match b {

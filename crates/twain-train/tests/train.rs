@@ -485,3 +485,65 @@ fn bad_input_is_a_typed_error_and_keeps_the_checkpoint() {
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_fused_q2_linear_equals_fake_quantization_then_matmul() {
+    let (n, rows, cols) = (7, 5, 96);
+    let mut rng = SplitMix::new(9);
+    let dev = Device::Cpu;
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.uniform() * 0.1).collect();
+    let m = quantize(QuantFormat::Q2, rows, cols, &w, &QuantizeOptions::default()).unwrap();
+    let (mut d, mut s) = (Vec::new(), Vec::new());
+    for r in 0..rows {
+        let row = m.as_ref().row_data(r).unwrap();
+        d.push(twain_quant::grid::q2_row_scale(row).unwrap());
+        s.extend(twain_quant::grid::group_scales(QuantFormat::Q2, row, cols).unwrap());
+    }
+    let d = Arc::new(d);
+    let x: Vec<f32> = (0..n * cols).map(|_| rng.uniform()).collect();
+    let g: Vec<f32> = (0..n * rows).map(|_| rng.uniform()).collect();
+    let run = |fused: bool| {
+        let xv = candle_core::Var::from_vec(x.clone(), (n, cols), &dev).unwrap();
+        let wv = candle_core::Var::from_vec(w.clone(), (rows, cols), &dev).unwrap();
+        let sv = candle_core::Var::from_vec(s.clone(), (rows, cols / 32), &dev).unwrap();
+        let y = if fused {
+            twain_train::fakequant::q2_linear(
+                xv.as_tensor(),
+                wv.as_tensor(),
+                sv.as_tensor(),
+                d.clone(),
+            )
+            .unwrap()
+        } else {
+            let q = fake_q2(wv.as_tensor(), sv.as_tensor(), d.clone()).unwrap();
+            xv.as_tensor().matmul(&q.t().unwrap()).unwrap()
+        };
+        let gt = Tensor::from_vec(g.clone(), (n, rows), &dev).unwrap();
+        let grads = (y.clone() * gt)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        [
+            v(&y),
+            v(grads.get(xv.as_tensor()).unwrap()),
+            v(grads.get(wv.as_tensor()).unwrap()),
+            v(grads.get(sv.as_tensor()).unwrap()),
+        ]
+    };
+    let (a, b) = (run(true), run(false));
+    for (i, what) in [
+        "output",
+        "input gradient",
+        "weight gradient",
+        "scale gradient",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let scale = b[i].iter().map(|v| v.abs()).fold(0.0, f32::max);
+        assert!(max_diff(&a[i], &b[i]) < 1e-4 * scale.max(1.0), "{what}");
+    }
+}
