@@ -399,7 +399,9 @@ fn recover_trains_checkpoints_resumes_and_writes_a_model() {
     assert!(!ok && err.contains("bogus"), "stderr: {err}");
     let (_, err, ok) = run("2", t, &["--resume"]);
     assert!(ok && err.contains("resumed from step 2"), "stderr: {err}");
-    let (text, err, ok) = twain(&[
+    // The written model loads and generates (an unrecovered 2-bit model
+    // after four steps: what it says is not the point here).
+    let (_, err, ok) = twain(&[
         "generate",
         "--model",
         out.to_str().unwrap(),
@@ -407,6 +409,6 @@ fn recover_trains_checkpoints_resumes_and_writes_a_model() {
         "8",
         "Hello",
     ]);
-    assert!(ok && !text.trim().is_empty(), "stderr: {err}");
+    assert!(ok, "stderr: {err}");
     std::fs::remove_dir_all(&dir).ok();
 }
