@@ -122,6 +122,25 @@ impl FakeQ2 {
     }
 }
 
+impl FakeQ2 {
+    /// The fake-quantized values of latent weights `w` under scales `s`.
+    fn quantized(&self, w: &[f32], s: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let nb = cols / QK;
+        let mut out = vec![0.0f32; rows * cols];
+        out.par_chunks_mut(cols).enumerate().for_each(|(r, o)| {
+            let d = self.row_scale[r];
+            for b in 0..nb {
+                let sc = stored_scale(d, s[r * nb + b]);
+                for c in b * QK..(b + 1) * QK {
+                    let x = w[r * cols + c];
+                    o[c] = grid::value(QuantFormat::Q2, sc, grid::code(QuantFormat::Q2, sc, x));
+                }
+            }
+        });
+        out
+    }
+}
+
 impl CustomOp2 for FakeQ2 {
     fn name(&self) -> &'static str {
         "twain-fake-q2"
@@ -137,18 +156,7 @@ impl CustomOp2 for FakeQ2 {
         let (rows, cols) = self.dims(l1, l2)?;
         let w = contiguous(s1, l1, "weights")?;
         let s = contiguous(s2, l2, "scales")?;
-        let nb = cols / QK;
-        let mut out = vec![0.0f32; rows * cols];
-        out.par_chunks_mut(cols).enumerate().for_each(|(r, o)| {
-            let d = self.row_scale[r];
-            for b in 0..nb {
-                let sc = stored_scale(d, s[r * nb + b]);
-                for c in b * QK..(b + 1) * QK {
-                    let x = w[r * cols + c];
-                    o[c] = grid::value(QuantFormat::Q2, sc, grid::code(QuantFormat::Q2, sc, x));
-                }
-            }
-        });
+        let out = self.quantized(w, s, rows, cols);
         Ok((CpuStorage::F32(out), Shape::from((rows, cols))))
     }
 
@@ -432,24 +440,6 @@ pub struct QLinear {
     pub q: FakeQ2,
 }
 
-impl QLinear {
-    fn quantized(&self, w: &[f32], s: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-        let nb = cols / QK;
-        let mut out = vec![0.0f32; rows * cols];
-        out.par_chunks_mut(cols).enumerate().for_each(|(r, o)| {
-            let d = self.q.row_scale[r];
-            for b in 0..nb {
-                let sc = stored_scale(d, s[r * nb + b]);
-                for c in b * QK..(b + 1) * QK {
-                    let x = w[r * cols + c];
-                    o[c] = grid::value(QuantFormat::Q2, sc, grid::code(QuantFormat::Q2, sc, x));
-                }
-            }
-        });
-        out
-    }
-}
-
 impl candle_core::CustomOp3 for QLinear {
     fn name(&self) -> &'static str {
         "twain-q2-linear"
@@ -472,7 +462,7 @@ impl candle_core::CustomOp3 for QLinear {
                 "q2-linear: input {dims:?}, matrix {rows}x{cols}"
             )));
         }
-        let wq = self.quantized(
+        let wq = self.q.quantized(
             contiguous(s2, l2, "weights")?,
             contiguous(s3, l3, "scales")?,
             rows,
@@ -507,7 +497,7 @@ impl candle_core::CustomOp3 for QLinear {
             with_f32(s, |sv| {
                 with_f32(&grad, |g| {
                     with_f32(&x, |xv| -> Result<()> {
-                        let wq = self.quantized(wv, sv, rows, cols);
+                        let wq = self.q.quantized(wv, sv, rows, cols);
                         // dx = dy Q: rows of Q^T against dy.
                         gemm_nt(g, &transpose(&wq, rows, cols), rows, &mut dx)?;
                         // dQ = dy^T x: rows of x^T against dy^T.

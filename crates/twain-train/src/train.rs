@@ -406,7 +406,6 @@ fn teacher_probs(
                 *v = (*v - m).exp();
                 z += *v as f64;
             }
-            let lz = z.ln();
             let mut acc = 0.0f64;
             for v in row.iter_mut() {
                 let p = *v as f64 / z;
@@ -415,7 +414,6 @@ fn teacher_probs(
                 }
                 *v = p as f32;
             }
-            let _ = lz;
             acc
         })
         .sum();
