@@ -143,19 +143,80 @@ impl Tensors<'_> {
 /// (or any-format, read as f32) model. Tensors it touches come back in f32.
 /// Errors name a width the Hadamard transform does not support.
 pub fn rotate(model: &mut LoadedModel, opts: &RotateOptions) -> Result<(), ConvertError> {
+    let c = &model.config;
+    let (d, f, hd) = (c.d_model, c.ffn_hidden, c.head_dim);
+    let signs = Signs {
+        residual: opts.residual.then(|| signs(d, opts.seed)),
+        ffn_down: opts.ffn_down.then(|| signs(f, opts.seed ^ 0xd0)),
+        heads: opts.heads.then(|| signs(hd, opts.seed ^ 0x4e)),
+    };
+    rotate_with(model, signs)
+}
+
+/// The random signs of each rotation (`None`: that rotation is off).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Signs {
+    /// Of the residual stream (model width).
+    pub residual: Option<Vec<f32>>,
+    /// Of the down projection's input (FFN width).
+    pub ffn_down: Option<Vec<f32>>,
+    /// Of each V head (head dimension).
+    pub heads: Option<Vec<f32>>,
+}
+
+impl Signs {
+    /// The rotations a rotated model holds (none for a model that is not).
+    pub fn of(model: &LoadedModel) -> Result<Signs, ConvertError> {
+        let get = |name: &str| -> Result<Option<Vec<f32>>, ConvertError> {
+            model
+                .tensors
+                .get(name)
+                .map(|t| t.to_f32())
+                .transpose()
+                .map_err(Into::into)
+        };
+        Ok(Signs {
+            residual: get(RESIDUAL)?,
+            ffn_down: get(FFN_DOWN)?,
+            heads: get(HEADS)?,
+        })
+    }
+}
+
+/// Rotate `model` as `rotated` was (same rotations, same signs): e.g. the
+/// f32 source of a converted model, so the two compute in one basis.
+pub fn rotate_like(model: &mut LoadedModel, rotated: &LoadedModel) -> Result<(), ConvertError> {
+    rotate_with(model, Signs::of(rotated)?)
+}
+
+/// Fold the norm gains and apply the rotations with the given signs.
+pub fn rotate_with(model: &mut LoadedModel, sg: Signs) -> Result<(), ConvertError> {
     let c = model.config.clone();
     let (d, f, hd) = (c.d_model, c.ffn_hidden, c.head_dim);
-    for (on, n, what) in [
-        (opts.residual, d, "model width"),
-        (opts.ffn_down, f, "FFN width"),
-        (opts.heads, hd, "head dimension"),
+    for (s, n, what) in [
+        (&sg.residual, d, "model width"),
+        (&sg.ffn_down, f, "FFN width"),
+        (&sg.heads, hd, "head dimension"),
     ] {
-        if on && !hadamard::supported(n) {
+        let Some(s) = s else { continue };
+        if !hadamard::supported(n) {
             return Err(ConvertError::Plan(format!(
                 "rotation: {what} {n} is not 2^k * 12^j (j <= 2), which the Hadamard transform needs"
             )));
         }
+        if s.len() != n || s.iter().any(|&v| v != 1.0 && v != -1.0) {
+            return Err(ConvertError::Plan(format!(
+                "rotation: the {what} rotation needs {n} signs of +-1, got {} values",
+                s.len()
+            )));
+        }
     }
+    let opts = RotateOptions {
+        residual: sg.residual.is_some(),
+        ffn_down: sg.ffn_down.is_some(),
+        heads: sg.heads.is_some(),
+        seed: 0,
+    };
     if [RESIDUAL, FFN_DOWN, HEADS]
         .iter()
         .any(|n| model.tensors.contains_key(*n))
@@ -163,9 +224,9 @@ pub fn rotate(model: &mut LoadedModel, opts: &RotateOptions) -> Result<(), Conve
         return Err(ConvertError::Plan("the model is already rotated".into()));
     }
     let mut t = Tensors(model);
-    let s_res = signs(d, opts.seed);
-    let s_down = signs(f, opts.seed ^ 0xd0);
-    let s_head = signs(hd, opts.seed ^ 0x4e);
+    let s_res = sg.residual.unwrap_or_default();
+    let s_down = sg.ffn_down.unwrap_or_default();
+    let s_head = sg.heads.unwrap_or_default();
     for l in 0..c.n_layers {
         let p = |n: &str| format!("blk.{l}.{n}");
         if opts.residual {
