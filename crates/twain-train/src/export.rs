@@ -21,7 +21,7 @@ pub fn tensors(
     base: &LoadedModel,
 ) -> Result<BTreeMap<String, Tensor>, TrainError> {
     let mut out = base.tensors.clone();
-    for (name, w, s) in student.q2_matrices() {
+    for (name, w, s, a) in student.q2_matrices() {
         let t = base.tensor(&name)?;
         let (rows, cols) = w.dims2()?;
         if t.format() != QuantFormat::Q2 || t.shape() != [rows, cols] {
@@ -45,7 +45,19 @@ pub fn tensors(
                 )
             })
             .collect::<Result<_, _>>()?;
-        let bytes: Vec<u8> = rows_bytes.concat();
+        let mut bytes: Vec<u8> = rows_bytes.concat();
+        if let Some(a) = a {
+            // The row gain goes into the row's f32 scale: every value of the
+            // row is d * k * code, so d -> a d multiplies the row by a.
+            let av = a.flatten_all()?.to_vec1::<f32>()?;
+            let rb = bytes.len() / rows;
+            for (r, g) in av.iter().enumerate() {
+                let at = r * rb;
+                let d =
+                    f32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+                bytes[at..at + 4].copy_from_slice(&(d * g).to_le_bytes());
+            }
+        }
         let q = QMatrix::from_bytes(QuantFormat::Q2, rows, cols, &bytes)?;
         out.insert(
             name.clone(),

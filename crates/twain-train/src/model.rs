@@ -25,6 +25,9 @@ pub struct Targets {
     pub scales: bool,
     /// The RMSNorm gains (attention, FFN, QK and final norms).
     pub norms: bool,
+    /// A gain on every output row of every Q2 matrix (exact in the file:
+    /// it multiplies the row's f32 scale).
+    pub rows: bool,
 }
 
 impl Default for Targets {
@@ -33,6 +36,7 @@ impl Default for Targets {
             weights: true,
             scales: true,
             norms: true,
+            rows: true,
         }
     }
 }
@@ -44,6 +48,7 @@ impl Targets {
             weights: false,
             scales: false,
             norms: false,
+            rows: false,
         }
     }
 }
@@ -77,12 +82,14 @@ impl Param {
 enum Weight {
     /// Used as stored (dequantized to f32 once).
     Dense(Param),
-    /// Q2, fake-quantized: latent weights, continuous group scales and the
-    /// fixed row scales of the stored rows.
+    /// Q2, fake-quantized: latent weights, continuous group scales, the
+    /// fixed row scales of the stored rows and, when trained, a gain on
+    /// every row (rows x 1).
     Q2 {
         w: Param,
         s: Param,
         d: Arc<Vec<f32>>,
+        a: Option<Var>,
     },
 }
 
@@ -90,7 +97,13 @@ impl Weight {
     fn value(&self) -> Result<Tensor, TrainError> {
         Ok(match self {
             Weight::Dense(p) => p.t().clone(),
-            Weight::Q2 { w, s, d } => fake_q2(w.t(), s.t(), d.clone())?,
+            Weight::Q2 { w, s, d, a } => {
+                let q = fake_q2(w.t(), s.t(), d.clone())?;
+                match a {
+                    Some(a) => q.broadcast_mul(a.as_tensor())?,
+                    None => q,
+                }
+            }
         })
     }
 }
@@ -110,6 +123,33 @@ struct Layer {
     gate: Weight,
     up: Weight,
     down: Weight,
+}
+
+/// What every layer of one batch shares: its shape, the RoPE tables and
+/// the causal mask.
+pub struct Window {
+    batch: usize,
+    len: usize,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
+impl Window {
+    /// Sequences in the batch.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Tokens per sequence.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a window holds at least one token.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// A model being trained: every tensor of a twain model file, Q2 matrices
@@ -201,10 +241,19 @@ impl Student {
             if let Param::Train(v) = &s {
                 vars.insert(format!("{name}.scales"), v.clone());
             }
+            let a = if targets.rows {
+                let v =
+                    Var::from_tensor(&Tensor::ones((rows, 1), candle_core::DType::F32, &device)?)?;
+                vars.insert(format!("{name}.rows"), v.clone());
+                Some(v)
+            } else {
+                None
+            };
             Ok(Weight::Q2 {
                 w,
                 s,
                 d: Arc::new(d),
+                a,
             })
         };
         let mut layers = Vec::with_capacity(c.n_layers);
@@ -330,7 +379,7 @@ impl Student {
     }
 
     /// The Q2 matrices: name, latent weights, continuous scales, row scales.
-    pub(crate) fn q2_matrices(&self) -> Vec<(String, &Tensor, &Tensor)> {
+    pub(crate) fn q2_matrices(&self) -> Vec<(String, &Tensor, &Tensor, Option<&Tensor>)> {
         let mut out = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             let named = [
@@ -343,8 +392,129 @@ impl Student {
                 ("ffn_down", Some(&layer.down)),
             ];
             for (n, w) in named {
-                if let Some(Weight::Q2 { w, s, .. }) = w {
-                    out.push((format!("blk.{l}.{n}.weight"), w.t(), s.t()));
+                if let Some(Weight::Q2 { w, s, a, .. }) = w {
+                    out.push((
+                        format!("blk.{l}.{n}.weight"),
+                        w.t(),
+                        s.t(),
+                        a.as_ref().map(|a| a.as_tensor()),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The units in which a trained value's learning rate is given, per
+    /// element (`None`: absolute units). A latent weight moves in units of
+    /// its group's quantization step (the stored scale), a group scale in
+    /// units of its row's scale step (the row scale), so one learning rate
+    /// means the same on every matrix whatever its magnitude; a norm gain
+    /// moves in absolute units.
+    pub(crate) fn lr_units(&self, name: &str) -> Result<Option<Vec<f32>>, TrainError> {
+        let (base, scales) = match name.strip_suffix(".scales") {
+            Some(b) => (b, true),
+            None => (name, false),
+        };
+        for (l, layer) in self.layers.iter().enumerate() {
+            let named = [
+                ("attn_q", Some(&layer.wq)),
+                ("attn_k", layer.wk.as_ref()),
+                ("attn_v", layer.wv.as_ref()),
+                ("attn_output", Some(&layer.wo)),
+                ("ffn_gate", Some(&layer.gate)),
+                ("ffn_up", Some(&layer.up)),
+                ("ffn_down", Some(&layer.down)),
+            ];
+            for (n, wt) in named {
+                let Some(Weight::Q2 { w, s, d, .. }) = wt else {
+                    continue;
+                };
+                if base != format!("blk.{l}.{n}.weight") {
+                    continue;
+                }
+                let (rows, cols) = w.t().dims2()?;
+                let nb = cols / QK;
+                if scales {
+                    return Ok(Some(
+                        d.iter()
+                            .flat_map(|&dr| std::iter::repeat_n(dr, nb))
+                            .collect(),
+                    ));
+                }
+                let sv = s.t().flatten_all()?.to_vec1::<f32>()?;
+                let mut u = Vec::with_capacity(rows * cols);
+                for r in 0..rows {
+                    for b in 0..nb {
+                        let st = crate::fakequant::stored_scale(d[r], sv[r * nb + b]).max(d[r]);
+                        u.extend(std::iter::repeat_n(st, QK));
+                    }
+                }
+                return Ok(Some(u));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Spread the latent weights inside their quantization bins towards
+    /// `source`'s full-precision values (the f32 model rotated like this
+    /// one): each latent weight moves from its grid point by `source`'s
+    /// offset, clamped to stay in the same bin, so the forward (the stored
+    /// codes) is unchanged. Latent weights that all start at grid points are
+    /// half a step from every boundary and would all flip at once under a
+    /// common gradient; spread out, they cross one by one, those closest to
+    /// a boundary first. Returns the number of matrices spread.
+    pub fn spread_latent(&self, source: &LoadedModel) -> Result<usize, TrainError> {
+        let mut n = 0;
+        for (name, w, s, d) in self.q2_all() {
+            let Param::Train(var) = w else { continue };
+            let Some(src) = source.tensors.get(&name) else {
+                return Err(TrainError::Model(format!(
+                    "{name}: not in the source model"
+                )));
+            };
+            let (rows, cols) = var.dims2()?;
+            if src.shape() != [rows, cols] {
+                return Err(TrainError::Model(format!(
+                    "{name}: the source holds {:?}, the student {rows}x{cols}",
+                    src.shape()
+                )));
+            }
+            let full = src.to_f32()?;
+            let mut lat = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let sv = s.t().flatten_all()?.to_vec1::<f32>()?;
+            let nb = cols / QK;
+            for r in 0..rows {
+                for c in 0..cols {
+                    let sc = crate::fakequant::stored_scale(d[r], sv[r * nb + c / QK]);
+                    let i = r * cols + c;
+                    if sc > 0.0 && full[i].is_finite() {
+                        let off = (full[i] - lat[i]).clamp(-0.45 * sc, 0.45 * sc);
+                        lat[i] += off;
+                    }
+                }
+            }
+            var.set(&Tensor::from_vec(lat, (rows, cols), &self.device)?)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn q2_all(&self) -> Vec<(String, &Param, &Param, &Arc<Vec<f32>>)> {
+        let mut out = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let named = [
+                ("attn_q", Some(&layer.wq)),
+                ("attn_k", layer.wk.as_ref()),
+                ("attn_v", layer.wv.as_ref()),
+                ("attn_output", Some(&layer.wo)),
+                ("ffn_gate", Some(&layer.gate)),
+                ("ffn_up", Some(&layer.up)),
+                ("ffn_down", Some(&layer.down)),
+            ];
+            for (n, w) in named {
+                if let Some(Weight::Q2 { w, s, d, .. }) = w {
+                    out.push((format!("blk.{l}.{n}.weight"), w, s, d));
                 }
             }
         }
@@ -367,47 +537,113 @@ impl Student {
         out
     }
 
+    /// The KV-sharing plan the student follows.
+    pub fn plan(&self) -> &KvPlan {
+        &self.plan
+    }
+
+    /// The names of layer `l`'s trained parameters.
+    pub fn layer_vars(&self, l: usize) -> Vec<String> {
+        let prefix = format!("blk.{l}.");
+        self.vars
+            .keys()
+            .filter(|n| n.starts_with(&prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// The tables a batch of `batch` sequences of `len` tokens each, starting
+    /// at position 0, needs in every layer.
+    pub fn window(&self, batch: usize, len: usize) -> Result<Window, TrainError> {
+        if batch == 0 || len == 0 {
+            return Err(TrainError::Data(format!(
+                "{batch} sequences of {len} tokens is no batch"
+            )));
+        }
+        if len > self.config.context_length {
+            return Err(TrainError::Data(format!(
+                "sequences of {len} tokens exceed the context of {}",
+                self.config.context_length
+            )));
+        }
+        let (cos, sin) = self.rope_tables(len)?;
+        Ok(Window {
+            batch,
+            len,
+            cos,
+            sin,
+            mask: causal_mask(len, &self.device)?,
+        })
+    }
+
+    /// The residual stream entering layer 0 for `tokens` (rows x d): the
+    /// embedding rows, rotated as the model's residual is.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor, TrainError> {
+        let vocab = self.config.vocab_size;
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(TrainError::Data(format!(
+                "token id {t} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        if let Some(sg) = &self.rot_residual {
+            x = rotate(&x, sg, false)?;
+        }
+        Ok(x)
+    }
+
+    /// Layer `l` on the residual stream `x` (batch * len rows of `w`).
+    /// `caches` holds every layer's K/V (batch x kv heads x len x head dim):
+    /// a layer that owns K/V writes its own, a layer that does not reads
+    /// its source's.
+    pub fn block(
+        &self,
+        l: usize,
+        x: &Tensor,
+        w: &Window,
+        caches: &mut [Option<(Tensor, Tensor)>],
+    ) -> Result<Tensor, TrainError> {
+        let layer = self.layers.get(l).ok_or_else(|| {
+            TrainError::Model(format!("no layer {l} in {} layers", self.layers.len()))
+        })?;
+        if caches.len() != self.layers.len() {
+            return Err(TrainError::Model(format!(
+                "{} caches for {} layers",
+                caches.len(),
+                self.layers.len()
+            )));
+        }
+        self.layer(l, layer, x, w.batch, w.len, &w.cos, &w.sin, &w.mask, caches)
+    }
+
+    /// Logits (rows x vocab) of the residual stream `x` after the last layer.
+    pub fn head(&self, x: &Tensor) -> Result<Tensor, TrainError> {
+        let mut x = x.clone();
+        if let Some(sg) = &self.rot_residual {
+            x = rotate(&x, sg, true)?;
+        }
+        let x = rms_norm(&x, self.final_norm.t(), self.config.rms_eps)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        const_linear(&x, head)
+    }
+
     /// Logits (batch * len x vocab) of `tokens`, `batch` sequences of `len`
     /// tokens each starting at position 0, every layer on every position.
     pub fn forward(&self, tokens: &[u32], batch: usize) -> Result<Tensor, TrainError> {
-        let c = &self.config;
         if batch == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(batch) {
             return Err(TrainError::Data(format!(
                 "{} tokens do not split into {batch} sequences",
                 tokens.len()
             )));
         }
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(TrainError::Data(format!(
-                "token id {t} is outside the vocabulary of {}",
-                c.vocab_size
-            )));
+        let w = self.window(batch, tokens.len() / batch)?;
+        let mut x = self.embed(tokens)?;
+        let mut caches: Vec<Option<(Tensor, Tensor)>> = vec![None; self.config.n_layers];
+        for l in 0..self.layers.len() {
+            x = self.block(l, &x, &w, &mut caches)?;
         }
-        let len = tokens.len() / batch;
-        if len > c.context_length {
-            return Err(TrainError::Data(format!(
-                "sequences of {len} tokens exceed the context of {}",
-                c.context_length
-            )));
-        }
-        let dev = &self.device;
-        let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), dev)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
-        if let Some(sg) = &self.rot_residual {
-            x = rotate(&x, sg, false)?;
-        }
-        let (cos, sin) = self.rope_tables(len)?;
-        let mask = causal_mask(len, dev)?;
-        let mut caches: Vec<Option<(Tensor, Tensor)>> = vec![None; c.n_layers];
-        for (l, layer) in self.layers.iter().enumerate() {
-            x = self.layer(l, layer, &x, batch, len, &cos, &sin, &mask, &mut caches)?;
-        }
-        if let Some(sg) = &self.rot_residual {
-            x = rotate(&x, sg, true)?;
-        }
-        let x = rms_norm(&x, self.final_norm.t(), c.rms_eps)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        const_linear(&x, head)
+        self.head(&x)
     }
 
     fn rope_tables(&self, len: usize) -> Result<(Tensor, Tensor), TrainError> {
@@ -497,7 +733,14 @@ impl Student {
 fn linear(x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Result<Tensor, TrainError> {
     let y = match w {
         Weight::Dense(Param::Fixed(w)) => const_linear(x, w)?,
-        Weight::Q2 { w, s, d } => q2_linear(x, w.t(), s.t(), d.clone())?,
+        Weight::Q2 { w, s, d, a } => {
+            let y = q2_linear(x, w.t(), s.t(), d.clone())?;
+            match a {
+                // Row r of the matrix is output column r.
+                Some(a) => y.broadcast_mul(&a.as_tensor().t()?.squeeze(0)?)?,
+                None => y,
+            }
+        }
         _ => x.matmul(&w.value()?.t()?)?,
     };
     Ok(match b {

@@ -31,11 +31,13 @@ pub struct TrainOptions {
     pub seq_len: usize,
     /// Sequences per step.
     pub batch: usize,
-    /// Peak learning rate of the Q2 latent weights.
+    /// Peak learning rate of the Q2 latent weights, in units of their
+    /// group's quantization step.
     pub lr_weights: f64,
-    /// Peak learning rate of the group scales.
+    /// Peak learning rate of the group scales, in units of their row's
+    /// scale step.
     pub lr_scales: f64,
-    /// Peak learning rate of the norm gains.
+    /// Peak learning rate of the norm gains and row gains.
     pub lr_norms: f64,
     /// Steps of linear warm-up.
     pub warmup: usize,
@@ -114,7 +116,7 @@ pub struct TrainSummary {
 }
 
 /// Adam moments of every trained tensor.
-struct Adam {
+pub(crate) struct Adam {
     m: BTreeMap<String, Vec<f32>>,
     v: BTreeMap<String, Vec<f32>>,
 }
@@ -124,7 +126,7 @@ const BETA2: f64 = 0.999;
 const EPS: f64 = 1e-8;
 
 impl Adam {
-    fn new(student: &Student) -> Self {
+    pub(crate) fn new(student: &Student) -> Self {
         let zeros = || -> BTreeMap<String, Vec<f32>> {
             student
                 .vars()
@@ -139,7 +141,7 @@ impl Adam {
     }
 
     /// One Adam step (`t` counts from 1) on every variable with a gradient.
-    fn step(
+    pub(crate) fn step(
         &mut self,
         student: &Student,
         grads: &candle_core::backprop::GradStore,
@@ -155,22 +157,30 @@ impl Adam {
             let m = self.m.get_mut(name).expect("moments of every var");
             let v = self.v.get_mut(name).expect("moments of every var");
             let step = (lr(name) / bc1) as f32;
+            let units = student.lr_units(name)?;
             let bc2s = bc2.sqrt() as f32;
             let (b1, b2) = (BETA1 as f32, BETA2 as f32);
             let g = g.contiguous()?;
             let mut w = vec![0.0f32; var.elem_count()];
             with_f32(&g, |g| {
                 with_f32(var.as_tensor(), |w0| {
+                    let ones = [1.0f32; 4096];
                     w.par_chunks_mut(4096)
                         .zip(w0.par_chunks(4096))
                         .zip(m.par_chunks_mut(4096))
                         .zip(v.par_chunks_mut(4096))
                         .zip(g.par_chunks(4096))
-                        .for_each(|((((w, w0), m), v), g)| {
+                        .enumerate()
+                        .for_each(|(k, ((((w, w0), m), v), g))| {
+                            let u = match &units {
+                                Some(u) => &u[k * 4096..k * 4096 + w.len()],
+                                None => &ones[..w.len()],
+                            };
                             for i in 0..w.len() {
                                 m[i] = b1 * m[i] + (1.0 - b1) * g[i];
                                 v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                                w[i] = w0[i] - step * m[i] / (v[i].sqrt() / bc2s + EPS as f32);
+                                w[i] =
+                                    w0[i] - step * u[i] * m[i] / (v[i].sqrt() / bc2s + EPS as f32);
                             }
                         });
                 })
@@ -224,6 +234,15 @@ fn header(
     Ok(Checkpoint { step, fingerprint })
 }
 
+/// FNV-1a of token ids, so a checkpoint of other data is refused.
+pub(crate) fn data_hash(data: &[u32]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &t in data {
+        h = (h ^ t as u64).wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
 /// A description of the run that a checkpoint must match to be resumed.
 fn fingerprint(student: &Student, data: &[u32], opts: &TrainOptions) -> String {
     let c = student.config();
@@ -232,11 +251,7 @@ fn fingerprint(student: &Student, data: &[u32], opts: &TrainOptions) -> String {
         .iter()
         .map(|(n, v)| format!("{n}{:?}", v.dims()))
         .collect();
-    // FNV-1a of the data, so a checkpoint of other data is refused.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for &t in data {
-        h = (h ^ t as u64).wrapping_mul(0x100000001b3);
-    }
+    let h = data_hash(data);
     format!(
         "layers {} d {} vocab {} kv {:?}; vars {}; data {} tokens {h:016x}; seq {} batch {} seed {} steps {} lr {} {} {} warmup {}",
         c.n_layers,
@@ -256,10 +271,12 @@ fn fingerprint(student: &Student, data: &[u32], opts: &TrainOptions) -> String {
     )
 }
 
-fn save(
+/// Write the student's trained values (and Adam's moments, when given)
+/// with `step` and the run's fingerprint `fp` to `path`, atomically.
+pub(crate) fn save_checkpoint(
     path: &Path,
     student: &Student,
-    adam: &Adam,
+    adam: Option<&Adam>,
     step: usize,
     fp: &str,
 ) -> Result<(), TrainError> {
@@ -271,8 +288,10 @@ fn save(
             dims.clone(),
             var.as_tensor().flatten_all()?.to_vec1::<f32>()?,
         ));
-        owned.push((format!("adam_m/{name}"), dims.clone(), adam.m[name].clone()));
-        owned.push((format!("adam_v/{name}"), dims, adam.v[name].clone()));
+        if let Some(adam) = adam {
+            owned.push((format!("adam_m/{name}"), dims.clone(), adam.m[name].clone()));
+            owned.push((format!("adam_v/{name}"), dims, adam.v[name].clone()));
+        }
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
         .iter()
@@ -307,14 +326,23 @@ fn save(
     Ok(())
 }
 
-fn load(path: &Path, student: &Student, adam: &mut Adam, fp: &str) -> Result<usize, TrainError> {
+/// Set the student's values (and Adam's moments, when given) from the
+/// checkpoint at `path`, which must carry the fingerprint `fp` (empty:
+/// any checkpoint, and values it lacks are kept); nothing
+/// changes unless all of it reads. Returns the checkpoint's step.
+pub(crate) fn load_checkpoint(
+    path: &Path,
+    student: &Student,
+    mut adam: Option<&mut Adam>,
+    fp: &str,
+) -> Result<usize, TrainError> {
     let bytes = std::fs::read(path).map_err(|e| bad(path, e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(path, format!("not a checkpoint: {e}")))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| bad(path, format!("not a checkpoint: {e}")))?;
     let h = header(path, meta.metadata())?;
-    if h.fingerprint != fp {
+    if !fp.is_empty() && h.fingerprint != fp {
         return Err(bad(
             path,
             format!(
@@ -339,33 +367,38 @@ fn load(path: &Path, student: &Student, adam: &mut Adam, fp: &str) -> Result<usi
     let mut staged = Vec::new();
     for (name, var) in student.vars() {
         let n = var.elem_count();
-        staged.push((
-            name.clone(),
-            read(&format!("value/{name}"), n)?,
-            read(&format!("adam_m/{name}"), n)?,
-            read(&format!("adam_v/{name}"), n)?,
-        ));
+        if fp.is_empty() && st.tensor(&format!("value/{name}")).is_err() {
+            // Inspection (no fingerprint to match): a value the checkpoint
+            // does not train keeps its starting value.
+            continue;
+        }
+        let moments = if adam.is_some() {
+            Some((
+                read(&format!("adam_m/{name}"), n)?,
+                read(&format!("adam_v/{name}"), n)?,
+            ))
+        } else {
+            None
+        };
+        staged.push((name.clone(), read(&format!("value/{name}"), n)?, moments));
     }
-    for (name, value, m, v) in staged {
+    for (name, value, moments) in staged {
         let var = &student.vars()[&name];
         var.set(&Tensor::from_vec(value, var.shape(), var.device())?)?;
-        adam.m.insert(name.clone(), m);
-        adam.v.insert(name, v);
+        if let (Some(adam), Some((m, v))) = (adam.as_deref_mut(), moments) {
+            adam.m.insert(name.clone(), m);
+            adam.v.insert(name, v);
+        }
     }
     Ok(h.step)
 }
 
 /// Set the student's trained values to those of the checkpoint at `path`
-/// (any run of the same trained tensors: the fingerprint is not checked),
+/// (any run of the same model: the fingerprint is not checked, and values
+/// the checkpoint does not hold keep their starting values),
 /// to inspect or export a run in progress. Returns the checkpoint's step.
 pub fn load_values(path: &Path, student: &Student) -> Result<usize, TrainError> {
-    let mut adam = Adam::new(student);
-    let bytes = std::fs::read(path).map_err(|e| bad(path, e.to_string()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(path, format!("not a checkpoint: {e}")))?;
-    let fp = header(path, meta.metadata())?.fingerprint;
-    drop(bytes);
-    load(path, student, &mut adam, &fp)
+    load_checkpoint(path, student, None, "")
 }
 
 /// The windows of step `step`: `batch` windows of `seq_len` tokens, in a
@@ -485,7 +518,7 @@ pub fn train(
     let mut start = 0;
     if let Some(path) = &opts.checkpoint {
         if path.exists() {
-            start = load(path, student, &mut adam, &fp)?;
+            start = load_checkpoint(path, student, Some(&mut adam), &fp)?;
         }
     }
     let t0 = Instant::now();
@@ -527,7 +560,7 @@ pub fn train(
         let mut checkpointed = false;
         if let Some(path) = &opts.checkpoint {
             if done == opts.steps || last_ckpt.elapsed() >= opts.checkpoint_every {
-                save(path, student, &adam, done, &fp)?;
+                save_checkpoint(path, student, Some(&adam), done, &fp)?;
                 last_ckpt = Instant::now();
                 checkpointed = true;
             }
@@ -543,7 +576,7 @@ pub fn train(
         });
         if flow.is_break() {
             if let (Some(path), false) = (&opts.checkpoint, checkpointed) {
-                save(path, student, &adam, done, &fp)?;
+                save_checkpoint(path, student, Some(&adam), done, &fp)?;
             }
             break;
         }

@@ -279,13 +279,19 @@ fn gradients_match_finite_differences() {
     assert_eq!(checked, 15);
 }
 
+thread_local! {
+    /// The rotated f32 model of the last `tiny_pair` (to spread latents from).
+    static SOURCE: std::cell::RefCell<Option<LoadedModel>> = const { std::cell::RefCell::new(None) };
+}
+
 fn tiny_pair() -> (Transformer, LoadedModel, Vec<u32>) {
     let c = synthetic::tiny_config(3);
     let f32m = synthetic::random_model(&c, Preset::F32, 21).unwrap();
     let teacher = f32_core(f32m.clone());
     let mut r = f32m;
     rotate(&mut r, &RotateOptions::default()).unwrap();
-    let student = convert(r, Preset::Afm, ConvertOptions::default()).unwrap();
+    let student = convert(r.clone(), Preset::Afm, ConvertOptions::default()).unwrap();
+    SOURCE.with(|s| *s.borrow_mut() = Some(r));
     // Text the teacher writes itself (greedy from a few seeds would repeat:
     // sample from its distribution with a fixed seed).
     let mut rng = SplitMix::new(4);
@@ -319,8 +325,8 @@ fn opts(steps: usize) -> TrainOptions {
     o.steps = steps;
     o.seq_len = 32;
     o.batch = 2;
-    o.lr_weights = 2e-3;
-    o.lr_scales = 2e-3;
+    o.lr_weights = 5e-3;
+    o.lr_scales = 2e-2;
     o.lr_norms = 1e-2;
     o.warmup = 5;
     o
@@ -330,7 +336,19 @@ fn opts(steps: usize) -> TrainOptions {
 fn distillation_lowers_the_kl_and_the_export_computes_it() {
     let (teacher, base, data) = tiny_pair();
     let student = Student::new(&base, Targets::default()).unwrap();
+    let spread = SOURCE.with(|s| student.spread_latent(s.borrow().as_ref().unwrap()).unwrap());
+    assert_eq!(spread, 3 * 7);
     let (train_data, held) = data.split_at(data.len() - 64);
+    // Spreading moves no weight out of its bin: the forward is the file's.
+    assert_eq!(
+        loss_of(&student, &teacher, held, 2),
+        loss_of(
+            &Student::new(&base, Targets::default()).unwrap(),
+            &teacher,
+            held,
+            2
+        )
+    );
     let before = loss_of(&student, &teacher, held, 2);
     let before_train = loss_of(&student, &teacher, &train_data[..256], 2);
     let s = train(&student, &teacher, train_data, &opts(300), &mut |_| {
