@@ -15,12 +15,14 @@
 //! Data is the teacher's own seeded text plus the corpus texts
 //! (`twain_convert::calib`), never the texts quality is measured on.
 
+pub mod blockwise;
 pub mod export;
 pub mod fakequant;
 pub mod model;
 pub mod train;
 
-pub use model::{Student, Targets};
+pub use blockwise::{reconstruct, BlockOptions, BlockProgress, BlockResult, BlockSummary};
+pub use model::{Student, Targets, Window};
 pub use train::{train, Checkpoint, Progress, TrainOptions, TrainSummary};
 
 use std::path::PathBuf;
