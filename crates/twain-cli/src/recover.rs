@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use twain_train::{train, Student, Targets, TrainOptions};
+use twain_train::{reconstruct, train, BlockOptions, Student, Targets, TrainOptions};
 
 use crate::Res;
 
@@ -19,7 +19,30 @@ pub(crate) struct RecoverArgs {
     teacher: PathBuf,
     /// Where to write the recovered model (twain native).
     output: PathBuf,
-    /// Optimizer steps.
+    /// Training stages in order: `block` (block-wise reconstruction of each
+    /// layer's output, cheap), `distill` (end-to-end KL distillation), or
+    /// `block,distill`.
+    #[arg(long, default_value = "distill")]
+    stages: String,
+    /// Block stage: calibration sequences.
+    #[arg(long, default_value_t = 128)]
+    block_seqs: usize,
+    /// Block stage: passes over them per block.
+    #[arg(long, default_value_t = 2)]
+    block_epochs: usize,
+    /// Block stage: sequences per step.
+    #[arg(long, default_value_t = 2)]
+    block_batch: usize,
+    /// Block stage: peak learning rate of the latent weights.
+    #[arg(long, default_value_t = 5e-5)]
+    block_lr_weights: f64,
+    /// Block stage: peak learning rate of the group scales.
+    #[arg(long, default_value_t = 1e-4)]
+    block_lr_scales: f64,
+    /// Block stage: peak learning rate of the norm gains.
+    #[arg(long, default_value_t = 1e-3)]
+    block_lr_norms: f64,
+    /// Distill stage: optimizer steps.
     #[arg(long, default_value_t = 1000)]
     steps: usize,
     /// Tokens per training sequence.
@@ -37,8 +60,9 @@ pub(crate) struct RecoverArgs {
     /// Peak learning rate of the norm gains.
     #[arg(long, default_value_t = 1e-4)]
     lr_norms: f64,
-    /// What to train: any of weights, scales, norms (comma-separated).
-    #[arg(long, default_value = "weights,scales,norms")]
+    /// What to train: any of weights (latent 2-bit weights), scales (group
+    /// scales), norms (norm gains), rows (a gain per matrix row), comma-separated.
+    #[arg(long, default_value = "weights,scales,norms,rows")]
     train: String,
     /// Seed of the data order.
     #[arg(long, default_value_t = 1)]
@@ -65,38 +89,84 @@ pub(crate) fn run(a: RecoverArgs) -> Res<()> {
             "weights" => targets.weights = true,
             "scales" => targets.scales = true,
             "norms" => targets.norms = true,
+            "rows" => targets.rows = true,
             other => {
                 return Err(format!(
-                    "--train: unknown target {other:?} (weights, scales, norms)"
+                    "--train: unknown target {other:?} (weights, scales, norms, rows)"
                 ))
             }
         }
+    }
+    let (mut block, mut distill) = (false, false);
+    for st in a.stages.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        match st {
+            "block" if !distill => block = true,
+            "distill" => distill = true,
+            other => {
+                return Err(format!(
+                    "--stages: {other:?} is not a stage here (block, distill, in that order)"
+                ))
+            }
+        }
+    }
+    if !block && !distill {
+        return Err("--stages: no stage (block, distill)".into());
     }
     let checkpoint = a
         .checkpoint
         .clone()
         .unwrap_or_else(|| a.output.with_extension("ckpt"));
-    if checkpoint.exists() && !a.resume {
+    let block_checkpoint = checkpoint.with_extension("block.ckpt");
+    let ours: Vec<&PathBuf> = [(block, &block_checkpoint), (distill, &checkpoint)]
+        .into_iter()
+        .filter_map(|(on, p)| on.then_some(p))
+        .collect();
+    if let (Some(p), false) = (ours.iter().find(|p| p.exists()), a.resume) {
         return Err(format!(
             "{} exists: pass --resume to continue that run, or remove it",
-            checkpoint.display()
+            p.display()
         ));
     }
-    if a.resume && !checkpoint.exists() {
+    if a.resume && !ours.iter().any(|p| p.exists()) {
         return Err(format!(
             "--resume: no checkpoint at {}",
-            checkpoint.display()
+            ours.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
         ));
     }
     let base = twain_io::load_model(&a.student).map_err(|e| e.to_string())?;
     let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&base).map_err(|e| e.to_string())?;
-    let teacher = twain_convert::calib::load_reference(&a.teacher).map_err(|e| e.to_string())?;
     let mut data = twain_convert::calib::training_tokens(&tokenizer).map_err(|e| e.to_string())?;
     for p in &a.data {
         let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
         data.extend(tokenizer.encode(&text, false).map_err(|e| e.to_string())?);
     }
     let student = Student::new(&base, targets).map_err(|e| e.to_string())?;
+    // The f32 source in the student's basis: the block stage's teacher, and
+    // where the latent weights spread from.
+    let mut source = twain_io::load_model(&a.teacher).map_err(|e| e.to_string())?;
+    twain_convert::rotate::rotate_like(&mut source, &base).map_err(|e| e.to_string())?;
+    student.spread_latent(&source).map_err(|e| e.to_string())?;
+    let mut provenance = Vec::new();
+    if block {
+        let teacher = Student::new(&source, Targets::none()).map_err(|e| e.to_string())?;
+        drop(source);
+        provenance.push(block_stage(
+            &a,
+            &teacher,
+            &student,
+            &data,
+            &block_checkpoint,
+        )?);
+    } else {
+        drop(source);
+    }
+    if !distill {
+        return finish(&a, &student, &base, provenance, None);
+    }
+    let teacher = twain_convert::calib::load_reference(&a.teacher).map_err(|e| e.to_string())?;
     let mut opts = TrainOptions::default();
     opts.steps = a.steps;
     opts.seq_len = a.seq_len;
@@ -160,23 +230,119 @@ pub(crate) fn run(a: RecoverArgs) -> Res<()> {
     })
     .map_err(|e| e.to_string())?;
     pb.finish();
+    provenance.push(format!(
+        "distilled {} steps x {} tokens, seed {}",
+        opts.steps,
+        opts.tokens_per_step(),
+        opts.seed,
+    ));
+    finish(
+        &a,
+        &student,
+        &base,
+        provenance,
+        Some(format!(
+            "{:.0} tokens/s, resumed from step {}",
+            summary.tokens_per_s, summary.resumed_from
+        )),
+    )
+}
+
+/// Write the recovered model with what was done in its provenance.
+fn finish(
+    a: &RecoverArgs,
+    student: &Student,
+    base: &twain_io::LoadedModel,
+    stages: Vec<String>,
+    note: Option<String>,
+) -> Res<()> {
     let provenance = BTreeMap::from([(
         "twain.recovered".to_string(),
-        format!(
-            "distilled {} steps x {} tokens, seed {}, targets {}",
-            opts.steps,
-            opts.tokens_per_step(),
-            opts.seed,
-            a.train
-        ),
+        format!("{}; targets {}", stages.join("; then "), a.train),
     )]);
-    let bytes = twain_train::export::write_model(&student, &base, &a.output, provenance)
+    let bytes = twain_train::export::write_model(student, base, &a.output, provenance)
         .map_err(|e| e.to_string())?;
     eprintln!(
-        "wrote {} ({bytes} bytes); {:.0} tokens/s, resumed from step {}",
+        "wrote {} ({bytes} bytes){}",
         a.output.display(),
-        summary.tokens_per_s,
-        summary.resumed_from
+        note.map(|n| format!("; {n}")).unwrap_or_default()
     );
     Ok(())
+}
+
+/// The block-wise stage: every layer trained to reproduce the f32 layer's
+/// output. Returns its provenance line.
+fn block_stage(
+    a: &RecoverArgs,
+    teacher: &Student,
+    student: &Student,
+    data: &[u32],
+    checkpoint: &std::path::Path,
+) -> Res<String> {
+    let mut opts = BlockOptions::default();
+    opts.seqs = a.block_seqs;
+    opts.seq_len = a.seq_len;
+    opts.batch = a.block_batch;
+    opts.epochs = a.block_epochs;
+    opts.lr_weights = a.block_lr_weights;
+    opts.lr_scales = a.block_lr_scales;
+    opts.lr_norms = a.block_lr_norms;
+    opts.seed = a.seed;
+    opts.checkpoint = Some(checkpoint.to_path_buf());
+    let layers = student.config().n_layers;
+    let steps = opts.steps_per_block();
+    eprintln!(
+        "block stage: {layers} blocks x {steps} steps of {} tokens ({} sequences, {} epochs); checkpoint {}",
+        opts.batch * opts.seq_len,
+        opts.seqs,
+        opts.epochs,
+        checkpoint.display()
+    );
+    let pb = ProgressBar::new((layers * steps) as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "[{elapsed_precise}] [{bar:30}] {pos}/{len} steps, ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let log = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let t0 = std::time::Instant::now();
+    let summary = reconstruct(student, teacher, data, &opts, &mut |p| {
+        pb.set_position((p.layer * p.steps + p.step) as u64);
+        pb.set_message(format!(
+            "block {}/{}, error {:.4}, {:.0} tokens/s",
+            p.layer + 1,
+            p.layers,
+            p.loss,
+            p.tokens_per_s
+        ));
+        if let Some(r) = p.finished {
+            let line = format!(
+                "block {}/{}: relative error {:.4} -> {:.4}, {:.0} tokens/s, elapsed {:.0}s",
+                r.layer + 1,
+                p.layers,
+                r.before,
+                r.after,
+                p.tokens_per_s,
+                t0.elapsed().as_secs_f64()
+            );
+            if log {
+                eprintln!("{line}");
+            } else {
+                pb.println(line);
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+    .map_err(|e| e.to_string())?;
+    pb.finish();
+    eprintln!(
+        "block stage done: {} blocks ({} from the checkpoint)",
+        summary.blocks, summary.resumed_from
+    );
+    Ok(format!(
+        "block-wise reconstruction {} sequences x {} tokens, {} epochs, seed {}",
+        opts.seqs, opts.seq_len, opts.epochs, opts.seed
+    ))
 }
