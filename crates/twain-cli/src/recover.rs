@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use twain_train::{reconstruct, train, BlockOptions, Student, Targets, TrainOptions};
+use twain_train::{reconstruct, train, BlockLoss, BlockOptions, Student, Targets, TrainOptions};
 
 use crate::Res;
 
@@ -22,7 +22,7 @@ pub(crate) struct RecoverArgs {
     /// Training stages in order: `block` (block-wise reconstruction of each
     /// layer's output, cheap), `distill` (end-to-end KL distillation), or
     /// `block,distill`.
-    #[arg(long, default_value = "distill")]
+    #[arg(long, default_value = "block")]
     stages: String,
     /// Block stage: calibration sequences.
     #[arg(long, default_value_t = 128)]
@@ -33,15 +33,21 @@ pub(crate) struct RecoverArgs {
     /// Block stage: sequences per step.
     #[arg(long, default_value_t = 2)]
     block_batch: usize,
-    /// Block stage: peak learning rate of the latent weights.
-    #[arg(long, default_value_t = 5e-5)]
+    /// Block stage: peak learning rate of the latent weights (in units of
+    /// their group's step).
+    #[arg(long, default_value_t = 3e-3)]
     block_lr_weights: f64,
     /// Block stage: peak learning rate of the group scales.
     #[arg(long, default_value_t = 1e-4)]
     block_lr_scales: f64,
-    /// Block stage: peak learning rate of the norm gains.
-    #[arg(long, default_value_t = 1e-3)]
+    /// Block stage: peak learning rate of the norm and row gains.
+    #[arg(long, default_value_t = 1e-2)]
     block_lr_norms: f64,
+    /// Block stage: the error trained on, `mse` (the whole stream's
+    /// squared error, dominated by massive activations) or `token` (each
+    /// token's over its energy, as the next norm sees it; measured equal).
+    #[arg(long, default_value = "mse")]
+    block_loss: String,
     /// Distill stage: optimizer steps.
     #[arg(long, default_value_t = 1000)]
     steps: usize,
@@ -287,6 +293,11 @@ fn block_stage(
     opts.lr_weights = a.block_lr_weights;
     opts.lr_scales = a.block_lr_scales;
     opts.lr_norms = a.block_lr_norms;
+    opts.loss = match a.block_loss.as_str() {
+        "token" => BlockLoss::Token,
+        "mse" => BlockLoss::Mse,
+        other => return Err(format!("--block-loss {other:?}: expected `token` or `mse`")),
+    };
     opts.seed = a.seed;
     opts.checkpoint = Some(checkpoint.to_path_buf());
     let layers = student.config().n_layers;

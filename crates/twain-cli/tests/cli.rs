@@ -368,6 +368,8 @@ fn recover_trains_checkpoints_resumes_and_writes_a_model() {
             student.to_str().unwrap(),
             g.to_str().unwrap(),
             out.to_str().unwrap(),
+            "--stages",
+            "distill",
             "--steps",
             steps,
             "--seq-len",

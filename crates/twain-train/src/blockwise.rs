@@ -2,7 +2,8 @@
 //! Block-AP and OmniQuant do it): layer by layer, the student's block is
 //! trained so that its output on the student's own inputs (what the
 //! already-trained blocks before it produce) matches the f32 block's output
-//! on the f32 inputs, in mean squared error. One block's forward and
+//! on the f32 inputs, in squared error relative to the target's energy,
+//! or per token ([`BlockLoss`]). One block's forward and
 //! backward cost a thirtieth of the whole model's and the LM head is never
 //! run, so this stage moves the 2-bit grid much further per CPU hour than
 //! end-to-end distillation, which then polishes what is left.
@@ -52,6 +53,43 @@ pub struct BlockOptions {
     pub seed: u64,
     /// Where to keep the checkpoint (written after every block).
     pub checkpoint: Option<PathBuf>,
+    /// How a block's output error is measured.
+    pub loss: BlockLoss,
+}
+
+/// The error a block is trained to lower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlockLoss {
+    /// Squared error of the whole residual stream over its energy: tokens
+    /// and channels with massive activations (SmolLM2's first token, a few
+    /// outlier channels from the middle layers on) dominate it.
+    #[default]
+    Mse,
+    /// Each token's squared error over that token's energy, averaged: the
+    /// error as the next RMSNorm sees it, every position weighted alike.
+    Token,
+}
+
+impl BlockLoss {
+    /// The loss of `out` against `target` (rows of width d), a scalar
+    /// tensor, relative to the target's energy.
+    fn of(self, out: &Tensor, target: &Tensor) -> Result<Tensor, TrainError> {
+        let diff = (out - target)?;
+        Ok(match self {
+            BlockLoss::Mse => {
+                let energy = target.sqr()?.mean_all()?.to_scalar::<f32>()?;
+                (diff.sqr()?.mean_all()? / f64::from(energy.max(1e-30)))?
+            }
+            BlockLoss::Token => {
+                // Mean over tokens of |e|^2 / |y|^2: equal to Mse's figure
+                // when every token has the same energy.
+                let last = target.rank() - 1;
+                let energy = (target.sqr()?.sum_keepdim(last)? + 1e-12)?;
+                let per = diff.sqr()?.sum_keepdim(last)?;
+                per.broadcast_div(&energy)?.mean_all()?
+            }
+        })
+    }
 }
 
 impl Default for BlockOptions {
@@ -61,12 +99,13 @@ impl Default for BlockOptions {
             seq_len: 256,
             batch: 2,
             epochs: 2,
-            lr_weights: 5e-5,
+            lr_weights: 3e-3,
             lr_scales: 1e-4,
-            lr_norms: 1e-3,
+            lr_norms: 1e-2,
             warmup: 4,
             seed: 1,
             checkpoint: None,
+            loss: BlockLoss::Mse,
         }
     }
 }
@@ -228,7 +267,11 @@ pub fn reconstruct(
             xt = yt;
             continue;
         }
-        let before = rel_error(&run_block(student, l, &xs, &chunks, t, Some(&kv))?.0, &yt)?;
+        let before = rel_error(
+            &run_block(student, l, &xs, &chunks, t, Some(&kv))?.0,
+            &yt,
+            opts.loss,
+        )?;
         let steps = opts.steps_per_block();
         let per_epoch = chunks.len();
         let mut broke = false;
@@ -251,10 +294,8 @@ pub fn reconstruct(
             let w = student.window(n, t)?;
             let mut caches = batch_caches(&kv, Some(&idx_t))?;
             let out = student.block(l, &x, &w, &mut caches)?;
-            let diff = (out - &y)?;
-            let loss = diff.sqr()?.mean_all()?;
-            let energy = y.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
-            let value = loss.to_scalar::<f32>()? as f64 / energy.max(1e-30);
+            let loss = opts.loss.of(&out, &y)?;
+            let value = loss.to_scalar::<f32>()? as f64;
             let grads = loss.backward()?;
             let f = opts.lr_factor(step);
             adam.step(student, &grads, step + 1, |name| {
@@ -290,7 +331,7 @@ pub fn reconstruct(
             break;
         }
         let (ys, k) = run_block(student, l, &xs, &chunks, t, Some(&kv))?;
-        let after = rel_error(&ys, &yt)?;
+        let after = rel_error(&ys, &yt, opts.loss)?;
         if read_later[l] {
             kv[l] = k;
         }
@@ -394,11 +435,9 @@ fn run_block(
     Ok((Tensor::cat(&outs, 0)?, kv_out))
 }
 
-/// `|a - b|^2 / |b|^2`.
-fn rel_error(a: &Tensor, b: &Tensor) -> Result<f64, TrainError> {
-    let e = (a - b)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-    let n = b.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-    Ok(e / n.max(1e-30))
+/// The loss of `a` against `b`, as a number.
+fn rel_error(a: &Tensor, b: &Tensor, loss: BlockLoss) -> Result<f64, TrainError> {
+    Ok(loss.of(a, b)?.to_scalar::<f32>()? as f64)
 }
 
 fn fingerprint(student: &Student, tokens: &[u32], opts: &BlockOptions) -> String {
@@ -409,7 +448,7 @@ fn fingerprint(student: &Student, tokens: &[u32], opts: &BlockOptions) -> String
         .map(|(n, v)| format!("{n}{:?}", v.dims()))
         .collect();
     format!(
-        "block-wise; layers {} d {} vocab {} kv {:?}; vars {}; data {} tokens {:016x}; seqs {} seq {} batch {} epochs {} seed {} lr {} {} {} warmup {}",
+        "block-wise; layers {} d {} vocab {} kv {:?}; vars {}; data {} tokens {:016x}; seqs {} seq {} batch {} epochs {} seed {} lr {} {} {} warmup {} loss {:?}",
         c.n_layers,
         c.d_model,
         c.vocab_size,
@@ -425,6 +464,7 @@ fn fingerprint(student: &Student, tokens: &[u32], opts: &BlockOptions) -> String
         opts.lr_weights,
         opts.lr_scales,
         opts.lr_norms,
-        opts.warmup
+        opts.warmup,
+        opts.loss
     )
 }

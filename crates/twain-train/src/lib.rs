@@ -21,7 +21,9 @@ pub mod fakequant;
 pub mod model;
 pub mod train;
 
-pub use blockwise::{reconstruct, BlockOptions, BlockProgress, BlockResult, BlockSummary};
+pub use blockwise::{
+    reconstruct, BlockLoss, BlockOptions, BlockProgress, BlockResult, BlockSummary,
+};
 pub use model::{Student, Targets, Window};
 pub use train::{train, Checkpoint, Progress, TrainOptions, TrainSummary};
 

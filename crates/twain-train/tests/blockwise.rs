@@ -11,7 +11,7 @@ use twain_convert::{convert, ConvertOptions, Preset};
 use twain_core::{KvDtype, Transformer, TransformerOptions};
 use twain_io::LoadedModel;
 use twain_model::Model;
-use twain_train::{reconstruct, BlockOptions, Student, Targets, TrainError};
+use twain_train::{reconstruct, BlockLoss, BlockOptions, Student, Targets, TrainError};
 
 fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = SplitMix::new(seed);
@@ -168,7 +168,12 @@ fn recoverable(shared: bool) -> (LoadedModel, LoadedModel) {
 
 #[test]
 fn every_block_gets_closer_and_the_model_with_them() {
-    for shared in [false, true] {
+    for (shared, loss) in [
+        (false, BlockLoss::Mse),
+        (true, BlockLoss::Mse),
+        (false, BlockLoss::Token),
+        (true, BlockLoss::Token),
+    ] {
         let (t, base) = recoverable(shared);
         let vocab = t.config.vocab_size;
         let teacher = Student::new(&t, Targets::none()).unwrap();
@@ -179,23 +184,30 @@ fn every_block_gets_closer_and_the_model_with_them() {
         let before = kl(&core, &student, &held);
         let mut o = opts();
         o.epochs = 10;
+        o.loss = loss;
         let s = reconstruct(&student, &teacher, &data, &o, &mut |_| {
             ControlFlow::Continue(())
         })
         .unwrap();
         let after = kl(&core, &student, &held);
-        eprintln!("shared {shared}: {:?}; KL {before} -> {after}", s.results);
+        eprintln!(
+            "shared {shared} {loss:?}: {:?}; KL {before} -> {after}",
+            s.results
+        );
         assert_eq!(s.blocks, 4);
         assert_eq!(s.results.len(), 4);
         for r in &s.results {
             // A block that reads another layer's K/V cannot undo all of it.
             let bound = if shared && r.layer == 3 { 0.95 } else { 0.85 };
-            assert!(r.after < bound * r.before, "shared {shared}: {r:?}");
+            assert!(
+                r.after < bound * r.before,
+                "shared {shared} {loss:?}: {r:?}"
+            );
         }
         let bound = if shared { 0.7 } else { 0.6 };
         assert!(
             after < bound * before,
-            "shared {shared}: KL {before} -> {after}"
+            "shared {shared} {loss:?}: KL {before} -> {after}"
         );
     }
 }
