@@ -32,6 +32,7 @@ pub mod gguf;
 mod hf;
 mod model;
 pub mod native;
+pub mod patch;
 mod tensor;
 
 use std::io::Read;
@@ -42,8 +43,12 @@ pub use error::IoError;
 pub use ggml::GgmlType;
 pub use gguf::{GgufFile, GgufTensorInfo, MetaValue};
 pub use hf::canonical_name;
-pub use model::{check_config, check_tensors, expected_tensors, model_from_gguf, LoadedModel};
-pub use native::{read_native, write_native, NativeModel, WriteProgress};
+pub use model::{
+    check_config, check_tensors, check_tensors_except, expected_tensors, model_from_gguf,
+    LoadedModel,
+};
+pub use native::{read_native, write_native, NativeModel, WriteProgress, OMITTED_KEY};
+pub use patch::{apply_patch, write_patch, PatchStats};
 pub use tensor::Tensor;
 pub use twain_quant::{QMatrix, QMatrixRef, QuantFormat};
 

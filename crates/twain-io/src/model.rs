@@ -188,7 +188,33 @@ pub fn check_tensors(
     tensors: &BTreeMap<String, Tensor>,
     path: &Path,
 ) -> Result<(), IoError> {
+    check_tensors_except(config, tensors, path, &[])
+}
+
+/// [`check_tensors`] for a file that leaves out the tensors named in
+/// `omitted` on purpose (a partial native file: shipped trained parameters
+/// whose embedding table the user's conversion makes). Each omitted name
+/// must be one the config expects, and absent.
+pub fn check_tensors_except(
+    config: &ModelConfig,
+    tensors: &BTreeMap<String, Tensor>,
+    path: &Path,
+    omitted: &[String],
+) -> Result<(), IoError> {
     check_config(config, path)?;
+    let expected = expected_tensors(config);
+    for name in omitted {
+        if !expected.iter().any(|(n, _)| n == name) {
+            return Err(IoError::tensor(
+                path,
+                name,
+                "listed as omitted but not a tensor of this model",
+            ));
+        }
+        if tensors.contains_key(name) {
+            return Err(IoError::tensor(path, name, "listed as omitted but present"));
+        }
+    }
     for (l, &src) in config.kv_source.iter().enumerate() {
         if src == l {
             continue;
@@ -210,7 +236,10 @@ pub fn check_tensors(
             }
         }
     }
-    for (name, shape) in expected_tensors(config) {
+    for (name, shape) in expected {
+        if omitted.contains(&name) {
+            continue;
+        }
         let t = tensors.get(&name).ok_or_else(|| IoError::MissingTensor {
             path: path.to_path_buf(),
             tensor: name.clone(),

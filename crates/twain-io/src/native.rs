@@ -13,7 +13,7 @@ use twain_quant::QuantFormat;
 
 use crate::backing::Backing;
 use crate::gguf::{write_gguf, GgufFile, MetaValue};
-use crate::model::{check_tensors, LoadedModel};
+use crate::model::{check_tensors_except, LoadedModel};
 use crate::tensor::matrix_dims;
 use crate::{IoError, ModelConfig, Tensor};
 
@@ -83,6 +83,24 @@ pub struct WriteProgress<'a> {
     pub bytes_total: u64,
 }
 
+/// Provenance key of a partial native file: the comma-separated names of
+/// the tensors it leaves out on purpose (e.g. `token_embd.weight` in the
+/// trained parameters twain ships, whose embedding the user's conversion
+/// makes). Loading such a file gives a model without them, which
+/// `Transformer::from_loaded` refuses until they are put back.
+pub const OMITTED_KEY: &str = "twain.omitted";
+
+fn omitted(v: Option<&String>) -> Vec<String> {
+    v.map(|s| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(String::from)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 fn pad64(n: usize) -> usize {
     n.div_ceil(NATIVE_ALIGNMENT) * NATIVE_ALIGNMENT
 }
@@ -98,7 +116,12 @@ pub fn write_native(
     progress: &mut dyn FnMut(&WriteProgress<'_>),
 ) -> Result<u64, IoError> {
     let path = path.as_ref();
-    check_tensors(model.config, model.tensors, path)?;
+    check_tensors_except(
+        model.config,
+        model.tensors,
+        path,
+        &omitted(model.provenance.get(OMITTED_KEY)),
+    )?;
     let mut metadata: BTreeMap<String, String> = BTreeMap::new();
     metadata.insert("format".into(), NATIVE_FORMAT_TAG.into());
     metadata.insert("twain_version".into(), NATIVE_VERSION.to_string());
@@ -427,7 +450,7 @@ fn parse(path: PathBuf, backing: Arc<Backing>) -> Result<LoadedModel, IoError> {
             "has data but no entry in the tensors metadata",
         ));
     }
-    check_tensors(&config, &tensors, &path)?;
+    check_tensors_except(&config, &tensors, &path, &omitted(meta.get(OMITTED_KEY)))?;
     let provenance = meta
         .iter()
         .filter(|(k, _)| k.starts_with("twain."))

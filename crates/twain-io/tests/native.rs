@@ -204,3 +204,48 @@ fn kv_sharing_plan_round_trips_without_block2_kv_weights() {
     assert!(e.contains("kv_source"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_partial_file_omits_only_what_it_says() {
+    let (m, mut tensors) = requantized();
+    let dir = scratch("partial");
+    let path = dir.join("partial.twain");
+    let embd = tensors.remove("token_embd.weight").unwrap();
+    let mut native = NativeModel::from_loaded(&m);
+    native.tensors = &tensors;
+    // Without the key the missing table is an error, as before.
+    let e = write_native(&path, &native, &mut |_| {}).unwrap_err();
+    assert!(matches!(e, IoError::MissingTensor { .. }), "{e}");
+    native
+        .provenance
+        .insert(twain_io::OMITTED_KEY.into(), "token_embd.weight".into());
+    write_native(&path, &native, &mut |_| {}).unwrap();
+    let back = load_model(&path).unwrap();
+    assert!(!back.tensors.contains_key("token_embd.weight"));
+    assert_eq!(back.tensors.len(), tensors.len());
+    assert_eq!(
+        back.provenance[twain_io::OMITTED_KEY],
+        "token_embd.weight".to_string()
+    );
+    // Omitting a tensor that is there, or one the model does not have.
+    let mut with = tensors.clone();
+    with.insert("token_embd.weight".into(), embd);
+    native.tensors = &with;
+    let e = write_native(&path, &native, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("omitted but present"), "{e}");
+    native.tensors = &tensors;
+    native.provenance.insert(
+        twain_io::OMITTED_KEY.into(),
+        "token_embd.weight,blk.99.attn_q.weight".into(),
+    );
+    let e = write_native(&path, &native, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("blk.99.attn_q.weight") && e.contains("not a tensor"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
