@@ -30,6 +30,15 @@ pub enum ConvertError {
     /// Running the model failed.
     #[error(transparent)]
     Model(#[from] twain_model::ModelError),
+    /// Shipped trained parameters (a partial model or a patch) do not fit,
+    /// or are damaged.
+    #[error("{}: {what}", path.display())]
+    Shipped {
+        /// The pack or patch file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// Tokenizing the calibration text failed.
     #[error("tokenizer: {0}")]
     Tokenizer(#[from] twain_tokenizer::TokenizerError),

@@ -31,6 +31,7 @@ pub mod hessian;
 mod linalg;
 mod preset;
 pub mod ptq;
+pub mod recovered;
 pub mod rotate;
 pub mod synthetic;
 
