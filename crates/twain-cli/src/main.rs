@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::Arc;
-use twain::engine::{default_model_path, Engine, LoadOptions, DEFAULT_PRESET};
+use twain::engine::{default_model_path_for, Engine, LoadOptions, DEFAULT_PRESET};
 use twain::{Event, GenerateOptions, Model, Sampler};
 use twain_convert::Preset;
 use twain_core::{KvDtype, LinearDelta, Transformer};
@@ -278,7 +278,8 @@ fn resolve_model(args: &ModelArgs) -> Res<PathBuf> {
             };
             let pb = progress_bar("converting the default model");
             let mut cb = convert_progress(&pb);
-            let path = default_model_path(preset, Some(&mut cb)).map_err(|e| {
+            let kv = parse_share(&args.kv_share)?;
+            let path = default_model_path_for(preset, kv, Some(&mut cb)).map_err(|e| {
                 format!("{e}\n(pass a model file instead with --model PATH: a GGUF, a Hugging Face directory or a twain native file)")
             })?;
             pb.finish_and_clear();
@@ -301,7 +302,11 @@ fn load_engine(args: &ModelArgs, skip: bool) -> Res<Engine> {
         &path,
         LoadOptions {
             preset,
-            kv_share: parse_share(&args.kv_share)?,
+            // The default model's cached file already has the plan.
+            kv_share: match args.model {
+                Some(_) => parse_share(&args.kv_share)?,
+                None => None,
+            },
             kv_dtype,
             skip_shared_prefill: skip,
             progress: Some(&mut cb),

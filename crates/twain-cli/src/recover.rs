@@ -24,6 +24,11 @@ pub(crate) struct RecoverArgs {
     /// `block,distill`.
     #[arg(long, default_value = "block")]
     stages: String,
+    /// Retrofit this KV-sharing plan (e.g. 5:3) onto the student before
+    /// training: its block-2 layers drop their K/V projections and learn to
+    /// read block 1's last cache.
+    #[arg(long)]
+    kv_share: Option<String>,
     /// Block stage: calibration sequences.
     #[arg(long, default_value_t = 128)]
     block_seqs: usize,
@@ -142,7 +147,26 @@ pub(crate) fn run(a: RecoverArgs) -> Res<()> {
                 .join(" or ")
         ));
     }
-    let base = twain_io::load_model(&a.student).map_err(|e| e.to_string())?;
+    let mut base = twain_io::load_model(&a.student).map_err(|e| e.to_string())?;
+    if let Some((x, y)) = crate::parse_share(&a.kv_share)? {
+        if base
+            .config
+            .kv_source
+            .iter()
+            .enumerate()
+            .any(|(l, &s)| s != l)
+        {
+            return Err(format!(
+                "--kv-share {x}:{y}: {} already shares K/V",
+                a.student.display()
+            ));
+        }
+        let plan = twain_core::KvPlan::shared(base.config.n_layers, x, y)
+            .map_err(|e| format!("--kv-share {x}:{y}: {e}"))?;
+        twain_convert::apply_plan(&mut base, &plan).map_err(|e| e.to_string())?;
+        base.provenance
+            .insert("twain.kv_share".into(), format!("{x}:{y}"));
+    }
     let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&base).map_err(|e| e.to_string())?;
     let mut data = twain_convert::calib::training_tokens(&tokenizer).map_err(|e| e.to_string())?;
     for p in &a.data {

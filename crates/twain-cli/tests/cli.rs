@@ -434,8 +434,8 @@ fn recover_block_stage_runs_every_block() {
     ]);
     assert!(ok, "stderr: {err}");
     let out = dir.join("recovered.twain");
-    let run = |stages: &str| {
-        twain(&[
+    let run_to = |out: &std::path::Path, stages: &str, extra: &[&str]| {
+        let mut args = vec![
             "recover",
             student.to_str().unwrap(),
             g.to_str().unwrap(),
@@ -450,8 +450,11 @@ fn recover_block_stage_runs_every_block() {
             "2",
             "--block-epochs",
             "1",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        twain(&args)
     };
+    let run = |stages: &str| run_to(&out, stages, &[]);
     let (_, err, ok) = run("distill,block");
     assert!(!ok && err.contains("--stages"), "stderr: {err}");
     let (_, err, ok) = run("block");
@@ -471,5 +474,24 @@ fn recover_block_stage_runs_every_block() {
         "Hello",
     ]);
     assert!(ok, "stderr: {err}");
+    // The same student retrofitted with the 5:3 plan while it trains: the
+    // output owns K/V in 19 layers and generates.
+    let shared = dir.join("shared.twain");
+    let (_, err, ok) = run_to(&shared, "block", &["--kv-share", "5:3"]);
+    assert!(ok, "stderr: {err}");
+    let (text, err, ok) = twain(&["inspect", shared.to_str().unwrap()]);
+    assert!(ok, "stderr: {err}");
+    assert!(text.contains("19 of 30 layers own K/V"), "{text}");
+    let (_, err, ok) = twain(&[
+        "generate",
+        "--model",
+        shared.to_str().unwrap(),
+        "--max-tokens",
+        "4",
+        "Hello",
+    ]);
+    assert!(ok, "stderr: {err}");
+    let (_, err, ok) = run_to(&dir.join("x.twain"), "block", &["--kv-share", "5"]);
+    assert!(!ok && err.contains("--kv-share"), "stderr: {err}");
     std::fs::remove_dir_all(&dir).ok();
 }

