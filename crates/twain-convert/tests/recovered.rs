@@ -50,7 +50,10 @@ fn a_pack_reassembles_the_model_from_its_source() {
     for importance in [None, Some(vec![0.5f32; source.config.d_model])] {
         let imp = importance.as_deref().map(|w| {
             // Uneven weights, so they change the rounding.
-            w.iter().enumerate().map(|(i, v)| v + i as f32).collect::<Vec<_>>()
+            w.iter()
+                .enumerate()
+                .map(|(i, v)| v + i as f32)
+                .collect::<Vec<_>>()
         });
         let m = with_reproducible_embedding(m.clone(), &source, imp.as_deref()).unwrap();
         let path = dir.join("m.pack.twain");
@@ -66,7 +69,9 @@ fn a_pack_reassembles_the_model_from_its_source() {
     }
     // The importance is what makes the table: another one makes another.
     let plain = embedding_of(&source, QuantFormat::Q4, None).unwrap();
-    let ramp: Vec<f32> = (0..source.config.d_model).map(|i| 1.0 + (i % 7) as f32 * 3.0).collect();
+    let ramp: Vec<f32> = (0..source.config.d_model)
+        .map(|i| 1.0 + (i % 7) as f32 * 3.0)
+        .collect();
     let weighted = embedding_of(&source, QuantFormat::Q4, Some(&ramp)).unwrap();
     assert_ne!(plain.bytes().unwrap(), weighted.bytes().unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
