@@ -10,3 +10,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== the shipped recovered models reassemble under another kernel family"
+TWAIN_QUANT_BACKEND=avx2 cargo test --locked -p twain --test shipped
