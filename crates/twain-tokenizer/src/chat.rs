@@ -8,13 +8,30 @@ use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Result, TokenizerError};
 use crate::tokenizer::Tokenizer;
 
 /// ChatML, the template used when a model ships none (SmolLM2, Qwen and many others use it).
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 const TEMPLATE_NAME: &str = "chat_template";
+
+/// Instructions a render may run before it fails: a template from a model
+/// file runs on the user's machine, and nested loops or recursive macros must
+/// end in an error, not a hang. Real templates use a few dozen instructions
+/// per message.
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+
+/// Bytes a render may write, on top of [`OUTPUT_PER_INPUT_BYTE`] per byte of
+/// input: a prompt is text for a context window of at most some hundred
+/// thousand tokens.
+pub const TEMPLATE_OUTPUT_LIMIT: usize = 16 << 20;
+
+/// Further bytes a render may write per byte of input.
+pub const OUTPUT_PER_INPUT_BYTE: usize = 4;
+
+/// Largest `indent` `tojson` accepts (characters per level).
+pub const MAX_TOJSON_INDENT: usize = 64;
 
 /// One message of a conversation.
 ///
@@ -93,6 +110,7 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -180,8 +198,73 @@ impl ChatTemplate {
         for (k, v) in &options.extra {
             ctx.insert(k.clone(), Value::from_serialize(v));
         }
+        // Limits that grow with the input, so that long conversations fit.
+        let input: usize = messages
+            .iter()
+            .map(|m| m.role.len() + m.content.len() + json_len(&m.extra) + 16)
+            .sum::<usize>()
+            + options.tools.as_ref().map_or(0, json_len)
+            + options.extra.values().map(json_len).sum::<usize>();
+        let limit =
+            TEMPLATE_OUTPUT_LIMIT.saturating_add(input.saturating_mul(OUTPUT_PER_INPUT_BYTE));
         let template = self.env.get_template(TEMPLATE_NAME)?;
-        Ok(template.render(Value::from_iter(ctx))?)
+        let mut out = Limited {
+            buf: Vec::new(),
+            limit,
+        };
+        let rendered = template
+            .render_captured_to(Value::from_iter(ctx), &mut out)
+            .map(drop);
+        match rendered {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WriteFailure && out.buf.len() >= limit => {
+                return Err(TokenizerError::Template(format!(
+                    "chat template output exceeds {limit} bytes"
+                )));
+            }
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                return Err(TokenizerError::Template(format!(
+                    "chat template ran out of fuel after {TEMPLATE_FUEL} instructions (a loop too long or without end)"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        String::from_utf8(out.buf)
+            .map_err(|_| TokenizerError::Template("chat template output is not UTF-8".into()))
+    }
+}
+
+fn json_len<T: Serialize>(v: &T) -> usize {
+    serde_json::to_vec(v).map_or(0, |b| b.len())
+}
+
+/// An output buffer that refuses to grow past `limit` bytes.
+struct Limited {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Limited {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.limit {
+            self.buf
+                .extend_from_slice(&data[..self.limit - self.buf.len()]);
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ChatTemplate {
+    /// Where a rendered prompt stops for [`render_with`](Self::render_with) (for tests and
+    /// callers that budget memory): the output limit for `input_bytes` of input.
+    pub fn output_limit(input_bytes: usize) -> usize {
+        TEMPLATE_OUTPUT_LIMIT.saturating_add(input_bytes.saturating_mul(OUTPUT_PER_INPUT_BYTE))
     }
 }
 
@@ -327,9 +410,18 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
         Some(v) if v.is_none() => None,
         Some(v) => match v.kind() {
             ValueKind::String => Some(v.as_str().unwrap_or_default().to_owned()),
-            _ => Some(" ".repeat(usize::try_from(v).unwrap_or(0))),
+            _ => Some(" ".repeat(usize::try_from(v).unwrap_or(0).min(MAX_TOJSON_INDENT + 1))),
         },
     };
+    if indent
+        .as_ref()
+        .is_some_and(|i| i.chars().count() > MAX_TOJSON_INDENT)
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: indent longer than {MAX_TOJSON_INDENT} characters"),
+        ));
+    }
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
     let separators: Option<Vec<String>> = kwargs.get("separators")?;
@@ -403,6 +495,12 @@ impl JsonStyle {
     }
 
     fn write(&self, v: &Value, depth: usize, out: &mut String) -> std::result::Result<(), Error> {
+        if out.len() > TEMPLATE_OUTPUT_LIMIT {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: output longer than {TEMPLATE_OUTPUT_LIMIT} bytes"),
+            ));
+        }
         match v.kind() {
             ValueKind::Undefined | ValueKind::None => out.push_str("null"),
             ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
@@ -464,7 +562,6 @@ impl JsonStyle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::TokenizerError;
 
     #[test]
     fn chatml_renders() {
@@ -647,5 +744,59 @@ mod tests {
             ChatTemplate::new("{% for %}", "", ""),
             Err(TokenizerError::Template(_))
         ));
+    }
+
+    /// Templates from model files are programs: each way a hostile one can
+    /// hang or exhaust memory ends in a typed error, quickly.
+    #[test]
+    fn hostile_templates_fail_with_typed_errors() {
+        let msgs = [ChatMessage::user("hi")];
+        let render = |src: &str| {
+            ChatTemplate::new(src, "", "")
+                .unwrap()
+                .render(&msgs, true)
+                .unwrap_err()
+        };
+        // Nested loops of 10^10 iterations: out of fuel.
+        let e = render(
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+        );
+        assert!(
+            matches!(&e, TokenizerError::Template(m) if m.contains("fuel")),
+            "{e}"
+        );
+        // A macro that calls itself: minijinja's recursion limit.
+        let e = render("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
+        assert!(matches!(e, TokenizerError::Template(_)), "{e}");
+        // Output doubled until it is gigabytes: the output limit.
+        let e = render(
+            "{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(40) %}{{ ns.s }}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+        );
+        assert!(
+            matches!(&e, TokenizerError::Template(m) if m.contains("exceeds")),
+            "{e}"
+        );
+        // An indent of a billion spaces at every level.
+        let e = render("{{ messages | tojson(indent=1000000000) }}");
+        assert!(
+            matches!(&e, TokenizerError::Template(m) if m.contains("indent")),
+            "{e}"
+        );
+        // Output that is many copies of a large repeat: the output limit.
+        let e = render("{% for i in range(1000) %}{{ 'x' * 1000000 }}{% endfor %}");
+        assert!(
+            matches!(&e, TokenizerError::Template(m) if m.contains("exceeds")),
+            "{e}"
+        );
+        // A long, honest conversation still renders.
+        let long: Vec<ChatMessage> = (0..5000)
+            .map(|i| ChatMessage::user(format!("message {i}")))
+            .collect();
+        let chatml = ChatTemplate::chatml("", "");
+        let out = chatml.render(&long, true).unwrap();
+        assert!(out.contains("message 4999"));
+        // A message longer than the fixed limit still renders: the limit grows with the input.
+        let big = [ChatMessage::user("y".repeat(TEMPLATE_OUTPUT_LIMIT + 10))];
+        assert!(chatml.render(&big, true).unwrap().len() > TEMPLATE_OUTPUT_LIMIT);
     }
 }
