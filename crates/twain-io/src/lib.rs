@@ -8,6 +8,8 @@
 //!   chat template and tensors in twain formats, loaded without copying the weights.
 //! - [`load_model`]: any of these as one [`LoadedModel`]: a [`ModelConfig`] plus [`Tensor`]s
 //!   under canonical GGUF-style names (see [`LoadedModel`]).
+//! - [`keep`]: a GGUF file at its own precision (Q8_0 and Q4_0 re-laid out bit-exactly, other
+//!   types widened), for loading without re-quantizing.
 //! - [`fetch`]: the default model, downloaded once into a cache.
 //!
 //! ```
@@ -30,6 +32,7 @@ pub mod fetch;
 pub mod ggml;
 pub mod gguf;
 mod hf;
+pub mod keep;
 mod model;
 pub mod native;
 pub mod patch;
