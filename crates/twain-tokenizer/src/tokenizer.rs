@@ -56,6 +56,16 @@ pub struct SpecialTokens {
     pub pad: Option<u32>,
 }
 
+/// Ids a tokenizer.json may leave unused beyond twice its entry count (see [`max_id_table`]).
+pub const ID_SLACK: usize = 1024;
+
+/// Largest id table a tokenizer.json with `entries` vocabulary entries (model vocab plus added
+/// tokens) may need: every id must be below `2 * entries + ID_SLACK`. Real files are dense
+/// (ids `0..entries`); the bound keeps the table within a small multiple of the file.
+pub fn max_id_table(entries: usize) -> usize {
+    entries.saturating_mul(2).saturating_add(ID_SLACK)
+}
+
 /// How a vocabulary piece spells its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PieceForm {
@@ -186,6 +196,17 @@ impl Tokenizer {
         let form = pipeline_piece_form(&inner);
         let added = inner.get_added_tokens_decoder();
         let vocab = inner.get_vocab(true);
+        // The id table is sized by the largest id: bound it by the number of entries so an id
+        // near 2^32 is an error, not a 100 GB allocation (docs/reliability.md).
+        let limit = max_id_table(vocab.len());
+        if let Some((text, &id)) = vocab.iter().find(|(_, &id)| id as usize >= limit) {
+            return Err(TokenizerError::Json(format!(
+                "token {:?} has id {id}, but the vocabulary has only {} entries \
+                 (ids must be < 2 * entries + {ID_SLACK} = {limit})",
+                text.chars().take(64).collect::<String>(),
+                vocab.len()
+            )));
+        }
         let len = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
         let mut pieces: Vec<Option<Piece>> = vec![None; len];
         for (text, id) in &vocab {
