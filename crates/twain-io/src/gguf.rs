@@ -244,7 +244,7 @@ impl GgufFile {
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata count")?;
         // A key/value pair takes at least 8 (key length) + 4 (type) + 1 bytes.
-        r.check_count(n_kv, 13, "metadata count")?;
+        r.check_count(n_kv, 13, &"metadata count")?;
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
             let key = r.string(&format!("metadata key #{i}"))?;
@@ -268,7 +268,7 @@ impl GgufFile {
             },
         };
         // A tensor info takes at least 8 (name length) + 4 (n_dims) + 4 (type) + 8 (offset) bytes.
-        r.check_count(n_tensors, 24, "tensor count")?;
+        r.check_count(n_tensors, 24, &"tensor count")?;
         let mut raw = Vec::with_capacity(n_tensors as usize);
         let mut names = std::collections::BTreeSet::new();
         for i in 0..n_tensors {
@@ -531,7 +531,15 @@ impl<'a> Reader<'a> {
     }
 
     /// Errs unless `count` items of at least `min_size` bytes each fit in the rest of the file.
-    fn check_count(&self, count: u64, min_size: u64, what: &str) -> Result<(), IoError> {
+    ///
+    /// `what` is only formatted on error: parsing stays linear in the file size however many
+    /// (nested) arrays a long key holds.
+    fn check_count(
+        &self,
+        count: u64,
+        min_size: u64,
+        what: &dyn std::fmt::Display,
+    ) -> Result<(), IoError> {
         if count.saturating_mul(min_size) > self.remaining() as u64 {
             return Err(IoError::malformed(
                 self.path,
@@ -626,9 +634,14 @@ impl<'a> Reader<'a> {
                 self.check_count(
                     count,
                     Self::min_size(elem),
-                    &format!("key {key}: array length"),
+                    &format_args!("key {key}: array length"),
                 )?;
-                let mut items = Vec::with_capacity(count as usize);
+                // Reserve no more than the rest of the file could hold in `MetaValue`s of its
+                // bytes: a count near the bound then cannot claim 32x the file (a `MetaValue` is
+                // 32 bytes, a u8 element 1); past that the vector grows as elements arrive.
+                let cap = (count as usize)
+                    .min(self.remaining() / std::mem::size_of::<MetaValue>().max(1));
+                let mut items = Vec::with_capacity(cap);
                 for _ in 0..count {
                     items.push(self.value(elem, key, depth + 1)?);
                 }
