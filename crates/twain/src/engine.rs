@@ -122,19 +122,37 @@ fn load_err(e: impl std::fmt::Display) -> Error {
 
 impl Engine {
     /// Load a GGUF file, a Hugging Face directory or a twain native file.
+    ///
+    /// Without a preset a GGUF file keeps its own precision
+    /// ([`twain_io::keep`]: Q8_0 and Q4_0 bit-exact, other types widened);
+    /// [`cached_conversion`] does the same once and caches the result.
     pub fn load(path: impl AsRef<Path>, opts: LoadOptions<'_>) -> Result<Engine, Error> {
         let path = path.as_ref();
-        let loaded = twain_io::load_model(path).map_err(load_err)?;
+        let keep = opts.preset.is_none() && is_gguf(path);
+        let loaded = if keep {
+            let g = twain_io::GgufFile::open(path).map_err(load_err)?;
+            twain_io::keep::model_from_gguf_kept(g).map_err(load_err)?.0
+        } else {
+            twain_io::load_model(path).map_err(load_err)?
+        };
         let tokenizer = Tokenizer::from_loaded(&loaded).map_err(load_err)?;
         let template = build_template(&loaded, &tokenizer)?;
         // A twain native file records its preset; GGUF and HF sources do not.
         let is_native = loaded.provenance.contains_key("twain.preset");
-        let preset = match (opts.preset, is_native) {
+        let preset = match (opts.preset, is_native || keep) {
             (Some(p), _) => Some(p),
             (None, true) => None,
             (None, false) => Some(DEFAULT_PRESET),
         };
-        let loaded = if preset.is_some() || opts.kv_share.is_some() {
+        let loaded = if keep {
+            let mut loaded = loaded;
+            if let Some((a, b)) = opts.kv_share {
+                let plan =
+                    twain_core::KvPlan::shared(loaded.config.n_layers, a, b).map_err(load_err)?;
+                twain_convert::apply_plan(&mut loaded, &plan).map_err(load_err)?;
+            }
+            loaded
+        } else if preset.is_some() || opts.kv_share.is_some() {
             let preset = preset.unwrap_or(Preset::F32);
             // In memory, on every load: nearest rounding weighted by the
             // calibration statistics (seconds). Error feedback and rotations
@@ -274,7 +292,14 @@ pub fn default_model_path_for(
         ),
     };
     let path = dir.join(name);
-    if path.exists() {
+    // The source the file was made from and the converter that made it are
+    // recorded in it; a file whose record does not match is rebuilt.
+    let version = DEFAULT_CACHE_VERSION.to_string();
+    let want = [
+        ("twain.source_sha256", twain_io::fetch::DEFAULT_GGUF_SHA256),
+        ("twain.converter_version", version.as_str()),
+    ];
+    if cache_is_valid(&path, &want) {
         return Ok(path);
     }
     let gguf = twain_io::fetch::ensure_default_gguf().map_err(load_err)?;
@@ -318,6 +343,9 @@ pub fn default_model_path_for(
             .provenance
             .insert("twain.kv_share".into(), format!("{a}:{b}"));
     }
+    for (k, v) in want {
+        converted.provenance.insert(k.into(), v.into());
+    }
     std::fs::create_dir_all(&dir).map_err(load_err)?;
     twain_io::write_native(
         &path,
@@ -326,6 +354,203 @@ pub fn default_model_path_for(
     )
     .map_err(load_err)?;
     Ok(path)
+}
+
+/// Whether `path` is a GGUF file (by its magic bytes).
+pub fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && &head == b"GGUF"
+}
+
+/// Bumped whenever [`cached_conversion`] would write different bytes for
+/// the same source and settings (it is combined with
+/// [`twain_io::keep::KEEP_VERSION`] in every cache key).
+pub const CONVERTER_VERSION: u32 = 1;
+
+/// The converter version recorded in (and required of) a cached conversion.
+fn converter_version() -> String {
+    format!("{CONVERTER_VERSION}.{}", twain_io::keep::KEEP_VERSION)
+}
+
+/// Bytes hashed at each end of a file for [`source_key`].
+const KEY_SPAN: u64 = 1 << 20;
+
+/// A cheap identity of a model file: the first 16 hex digits of SHA-256
+/// over its size, modification time (ns), first MiB and last MiB. Hashing
+/// a whole 100 MB file costs about 0.3 s on every load; this costs about
+/// a millisecond, and any tool that rewrites the file changes its mtime.
+pub fn source_key(path: &Path) -> Result<String, Error> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f =
+        std::fs::File::open(path).map_err(|e| load_err(format!("{}: {e}", path.display())))?;
+    let md = f.metadata().map_err(load_err)?;
+    let len = md.len();
+    let mtime = md
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let mut h = Sha256::new();
+    h.update(len.to_le_bytes());
+    h.update(mtime.to_le_bytes());
+    let mut buf = vec![0u8; KEY_SPAN.min(len) as usize];
+    f.read_exact(&mut buf).map_err(load_err)?;
+    h.update(&buf);
+    if len > KEY_SPAN {
+        f.seek(SeekFrom::Start(len - KEY_SPAN.min(len - KEY_SPAN)))
+            .map_err(load_err)?;
+        buf.clear();
+        f.read_to_end(&mut buf).map_err(load_err)?;
+        h.update(&buf);
+    }
+    Ok(h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Whether the cached native file at `path` records every `(key, value)`
+/// of `want` in its provenance (a missing, unreadable or stale file is not
+/// valid and gets rebuilt).
+pub fn cache_is_valid(path: &Path, want: &[(&str, &str)]) -> bool {
+    if !path.is_file() {
+        return false;
+    }
+    match twain_io::read_native(path) {
+        Ok(m) => want
+            .iter()
+            .all(|(k, v)| m.provenance.get(*k).map(String::as_str) == Some(*v)),
+        Err(_) => false,
+    }
+}
+
+/// What [`cached_conversion`] makes of a source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conversion {
+    /// `None`: keep the file's own precision ([`twain_io::keep`]); else
+    /// re-quantize with this preset.
+    pub preset: Option<Preset>,
+    /// Retrofit a KV-sharing ratio such as (5, 3).
+    pub kv_share: Option<(usize, usize)>,
+    /// Weigh a preset below 8 bits by calibration statistics.
+    pub calibrate: bool,
+}
+
+impl Default for Conversion {
+    fn default() -> Self {
+        Self {
+            preset: None,
+            kv_share: None,
+            calibrate: true,
+        }
+    }
+}
+
+/// The native file converted from the GGUF `source` with `conv`, in
+/// `dir` (the cache: [`twain_io::fetch::cache_dir`]), made on first use.
+///
+/// The file is named and checked by [`source_key`], the preset (or `keep`),
+/// the KV plan, calibration and [`CONVERTER_VERSION`]; each of them is also
+/// recorded in its provenance (`twain.source_key`, `twain.converter_version`,
+/// `twain.conversion`) and a file whose record does not match is rebuilt,
+/// never trusted because it exists. Written via a temporary file, fsync and
+/// rename (`write_native`).
+pub fn cached_conversion(
+    source: &Path,
+    dir: &Path,
+    conv: Conversion,
+    progress: Option<Progress<'_>>,
+) -> Result<PathBuf, Error> {
+    let key = source_key(source)?;
+    let version = converter_version();
+    let what = conversion_name(&conv);
+    let stem = source
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>();
+    let path = dir.join(format!("{stem}-{key}-{what}-c{version}.twain"));
+    let want = [
+        ("twain.source_key", key.as_str()),
+        ("twain.converter_version", version.as_str()),
+        ("twain.conversion", what.as_str()),
+    ];
+    if cache_is_valid(&path, &want) {
+        return Ok(path);
+    }
+    let mut m = match conv.preset {
+        None => {
+            let g = twain_io::GgufFile::open(source).map_err(load_err)?;
+            let (mut m, kept) = twain_io::keep::model_from_gguf_kept(g).map_err(load_err)?;
+            if let Some((a, b)) = conv.kv_share {
+                let plan = twain_core::KvPlan::shared(m.config.n_layers, a, b).map_err(load_err)?;
+                twain_convert::apply_plan(&mut m, &plan).map_err(load_err)?;
+            }
+            let widened = kept.values().filter(|k| !k.is_exact()).count();
+            m.provenance.insert(
+                "twain.kept".into(),
+                format!(
+                    "{} tensors bit-exact, {widened} widened (twain_io::keep)",
+                    kept.len() - widened
+                ),
+            );
+            m.provenance.insert("twain.preset".into(), "keep".into());
+            m
+        }
+        Some(preset) => {
+            let loaded = twain_io::load_model(source).map_err(load_err)?;
+            let tokenizer = Tokenizer::from_loaded(&loaded).map_err(load_err)?;
+            // The same recipe as an uncached `Engine::load` with a preset:
+            // nearest rounding weighted by calibration statistics.
+            let mut ptq = PtqOptions::plain();
+            ptq.statistics = conv.calibrate && needs_calibration(preset);
+            ptq.kv_share = conv.kv_share;
+            ptq.progress = progress;
+            let mut m = quantize_model(loaded, &tokenizer, preset, ptq).map_err(load_err)?;
+            m.provenance
+                .insert("twain.preset".into(), preset.name().into());
+            m
+        }
+    };
+    if let Some((a, b)) = conv.kv_share {
+        m.provenance
+            .insert("twain.kv_share".into(), format!("{a}:{b}"));
+    }
+    m.provenance
+        .insert("twain.source".into(), source.display().to_string());
+    for (k, v) in want {
+        m.provenance.insert(k.into(), v.into());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| load_err(format!("{}: {e}", dir.display())))?;
+    twain_io::write_native(&path, &twain_io::NativeModel::from_loaded(&m), &mut |_| {})
+        .map_err(load_err)?;
+    Ok(path)
+}
+
+/// The conversion's part of a cache file name: `keep` or the preset, the
+/// KV plan, `nocal` without calibration.
+fn conversion_name(conv: &Conversion) -> String {
+    let mut s = conv.preset.map_or("keep", Preset::name).to_string();
+    if let Some((a, b)) = conv.kv_share {
+        s += &format!("-kv{a}x{b}");
+    }
+    if conv.preset.is_some_and(needs_calibration) && !conv.calibrate {
+        s += "-nocal";
+    }
+    s
 }
 
 /// What the built-in calibration text is, for provenance.
