@@ -7,7 +7,9 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::Arc;
-use twain::engine::{default_model_path_for, Engine, LoadOptions, DEFAULT_PRESET};
+use twain::engine::{
+    cached_conversion, default_model_path_for, Conversion, Engine, LoadOptions, DEFAULT_PRESET,
+};
 use twain::{Event, GenerateOptions, Model, Sampler};
 use twain_convert::Preset;
 use twain_core::{KvDtype, LinearDelta, Transformer};
@@ -249,22 +251,69 @@ fn parse_share(s: &Option<String>) -> Res<Option<(usize, usize)>> {
     Ok(Some((a, b)))
 }
 
-fn progress_bar(msg: &str) -> ProgressBar {
-    let pb = ProgressBar::new(0);
-    pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {wide_msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_message(msg.to_string());
-    pb
+/// Progress of a long step on stderr: an indicatif bar on a terminal, plain
+/// lines elsewhere (a log, CI, a pipe), where the bar would be hidden and a
+/// first run would print nothing for minutes. Callbacks with `total == 0`
+/// are stage notices (one line each); others report tensors done, printed
+/// off a terminal at every 10 %.
+pub(crate) struct Progress {
+    bar: Option<ProgressBar>,
+    label: String,
+    last_tenth: Option<usize>,
 }
 
-fn convert_progress(pb: &ProgressBar) -> impl FnMut(usize, usize, &str) + '_ {
-    move |done, total, _name| {
-        pb.set_length(total as u64);
-        pb.set_position(done as u64);
+pub(crate) fn progress_bar(msg: &str) -> Progress {
+    use std::io::IsTerminal;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let pb = ProgressBar::new(0);
+        pb.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb.set_message(msg.to_string());
+        pb
+    });
+    Progress {
+        bar,
+        label: msg.to_string(),
+        last_tenth: None,
     }
+}
+
+impl Progress {
+    pub(crate) fn update(&mut self, done: usize, total: usize, name: &str) {
+        if total == 0 {
+            match &self.bar {
+                Some(pb) => pb.println(format!("twain: {name}")),
+                None => eprintln!("twain: {name}"),
+            }
+            return;
+        }
+        match &self.bar {
+            Some(pb) => {
+                pb.set_length(total as u64);
+                pb.set_position(done as u64);
+            }
+            None => {
+                let tenth = 10 * done / total;
+                if self.last_tenth.is_none_or(|t| tenth > t) {
+                    self.last_tenth = Some(tenth);
+                    eprintln!("twain: {}: {done}/{total} ({}%)", self.label, 10 * tenth);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn finish_and_clear(&self) {
+        if let Some(pb) = &self.bar {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+fn convert_progress(pb: &mut Progress) -> impl FnMut(usize, usize, &str) + '_ {
+    move |done, total, name| pb.update(done, total, name)
 }
 
 /// Resolve the model path (default model: fetch + convert into the cache).
@@ -276,12 +325,13 @@ fn resolve_model(args: &ModelArgs) -> Res<PathBuf> {
                 Some(p) => parse_preset(p)?,
                 None => DEFAULT_PRESET,
             };
-            let pb = progress_bar("converting the default model");
-            let mut cb = convert_progress(&pb);
+            let mut pb = progress_bar("converting the default model");
+            let mut cb = convert_progress(&mut pb);
             let kv = parse_share(&args.kv_share)?;
             let path = default_model_path_for(preset, kv, Some(&mut cb)).map_err(|e| {
                 format!("{e}\n(pass a model file instead with --model PATH: a GGUF, a Hugging Face directory or a twain native file)")
             })?;
+            drop(cb);
             pb.finish_and_clear();
             Ok(path)
         }
@@ -289,24 +339,41 @@ fn resolve_model(args: &ModelArgs) -> Res<PathBuf> {
 }
 
 fn load_engine(args: &ModelArgs, skip: bool) -> Res<Engine> {
-    let path = resolve_model(args)?;
-    let preset = match (&args.model, &args.preset) {
+    let mut path = resolve_model(args)?;
+    let mut preset = match (&args.model, &args.preset) {
         (Some(_), Some(p)) => Some(parse_preset(p)?),
         _ => None,
     };
+    let mut kv_share = match args.model {
+        Some(_) => parse_share(&args.kv_share)?,
+        // The default model's cached file already has the plan.
+        None => None,
+    };
+    if args.model.is_some() && twain::engine::is_gguf(&path) {
+        // A GGUF keeps its own precision unless --preset asks for less; the
+        // conversion is cached, so the next run maps the native file.
+        let mut pb = progress_bar("converting");
+        let mut cb = convert_progress(&mut pb);
+        let conv = Conversion {
+            preset,
+            kv_share,
+            ..Default::default()
+        };
+        path = cached_conversion(&path, &twain_io::fetch::cache_dir(), conv, Some(&mut cb))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        drop(cb);
+        pb.finish_and_clear();
+        (preset, kv_share) = (None, None);
+    }
     let kv_dtype = KvDtype::from_name(&args.kv_cache)
         .ok_or_else(|| format!("unknown --kv-cache {:?} (int8, f16, f32)", args.kv_cache))?;
-    let pb = progress_bar("loading");
-    let mut cb = convert_progress(&pb);
+    let mut pb = progress_bar("loading");
+    let mut cb = convert_progress(&mut pb);
     let engine = Engine::load(
         &path,
         LoadOptions {
             preset,
-            // The default model's cached file already has the plan.
-            kv_share: match args.model {
-                Some(_) => parse_share(&args.kv_share)?,
-                None => None,
-            },
+            kv_share,
             kv_dtype,
             skip_shared_prefill: skip,
             progress: Some(&mut cb),
@@ -314,6 +381,7 @@ fn load_engine(args: &ModelArgs, skip: bool) -> Res<Engine> {
         },
     )
     .map_err(|e| format!("{}: {e}", path.display()))?;
+    drop(cb);
     pb.finish_and_clear();
     Ok(engine)
 }
@@ -665,11 +733,12 @@ fn convert_cmd(
             twain_convert::calib::CALIBRATION_NAME
         );
     }
-    let pb = progress_bar(&format!("quantizing ({})", preset.name()));
-    let mut cb = convert_progress(&pb);
+    let mut pb = progress_bar(&format!("quantizing ({})", preset.name()));
+    let mut cb = convert_progress(&mut pb);
     opts.progress = Some(&mut cb);
     let mut m = twain_convert::ptq::quantize_model(loaded, &tokenizer, preset, opts)
         .map_err(|e| e.to_string())?;
+    drop(cb);
     pb.finish_and_clear();
     if m.gguf.is_none() {
         m.tokenizer_json = Some(json);
@@ -697,20 +766,73 @@ fn convert_cmd(
 fn inspect(path: &Path, json: bool, tensors: bool) -> Res<()> {
     let loaded = twain_io::load_model(path).map_err(|e| e.to_string())?;
     let c = loaded.config.clone();
-    let mut by_format: std::collections::BTreeMap<&'static str, (usize, usize, usize)> =
+    // (name, stored format, shape, params, bytes, what twain makes of it).
+    struct Row {
+        name: String,
+        format: String,
+        shape: Vec<usize>,
+        n: usize,
+        bytes: usize,
+        kept: Option<twain_io::keep::Kept>,
+    }
+    let rows: Vec<Row> = match &loaded.gguf {
+        // A GGUF's own tensor types (the loader's f32 copies are not what
+        // the file holds), and what loading it without --preset keeps.
+        Some(g) if twain::engine::is_gguf(path) => g
+            .tensors()
+            .iter()
+            .map(|i| Row {
+                name: i.name.clone(),
+                format: i.ggml_type.name().to_string(),
+                shape: i.shape(),
+                n: i.n_elements(),
+                bytes: i.file_range.len(),
+                kept: Some(twain_io::keep::planned(i.ggml_type, &i.name, &i.shape())),
+            })
+            .collect(),
+        _ => loaded
+            .tensors
+            .values()
+            .map(|t| Row {
+                name: t.name().to_string(),
+                format: t.format().name().to_string(),
+                shape: t.shape().to_vec(),
+                n: t.n_elements(),
+                bytes: t.bytes().map(|b| b.len()).unwrap_or(0),
+                kept: None,
+            })
+            .collect(),
+    };
+    let kept_name = |k: twain_io::keep::Kept| {
+        format!(
+            "{} ({})",
+            k.format().name(),
+            if k.is_exact() {
+                "kept bit-exact"
+            } else {
+                "widened"
+            }
+        )
+    };
+    let mut keeps: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for r in &rows {
+        if let Some(k) = r.kept {
+            *keeps.entry((r.format.clone(), kept_name(k))).or_default() += 1;
+        }
+    }
+    let mut by_format: std::collections::BTreeMap<String, (usize, usize, usize)> =
         Default::default();
     let mut total_bytes = 0usize;
     let mut total_params = 0usize;
     // Decoder linears: what "bits per weight" of a preset counts.
     let (mut dec_bytes, mut dec_params) = (0usize, 0usize);
-    for t in loaded.tensors.values() {
-        let n = t.n_elements();
-        let b = t.bytes().map(|b| b.len()).unwrap_or(0);
-        if twain_convert::hessian::input_of(t.name()).is_some() && t.name().starts_with("blk.") {
+    for t in &rows {
+        let (n, b) = (t.n, t.bytes);
+        if twain_convert::hessian::input_of(&t.name).is_some() && t.name.starts_with("blk.") {
             dec_bytes += b;
             dec_params += n;
         }
-        let e = by_format.entry(t.format().name()).or_default();
+        let e = by_format.entry(t.format.clone()).or_default();
         e.0 += 1;
         e.1 += n;
         e.2 += b;
@@ -743,10 +865,17 @@ fn inspect(path: &Path, json: bool, tensors: bool) -> Res<()> {
             "params": total_params, "bytes": total_bytes, "bits_per_weight": 8.0 * total_bytes as f64 / total_params as f64,
             "formats": formats,
             "decoder_linear_bits_per_weight": 8.0 * dec_bytes as f64 / dec_params.max(1) as f64,
-            "tensors": loaded.tensors.values().map(|t| serde_json::json!({
-                "name": t.name(), "format": t.format().name(), "shape": t.shape(),
-                "bytes": t.bytes().map(|b| b.len()).unwrap_or(0),
-            })).collect::<Vec<_>>(),
+            "tensors": rows.iter().map(|t| {
+                let mut v = serde_json::json!({
+                    "name": t.name, "format": t.format, "shape": t.shape, "bytes": t.bytes,
+                });
+                if let Some(k) = t.kept {
+                    v["twain_format"] = k.format().name().into();
+                    v["exact"] = k.is_exact().into();
+                }
+                v
+            }).collect::<Vec<_>>(),
+            "kept": keeps.iter().map(|((from, to), n)| serde_json::json!({"from": from, "to": to, "tensors": n})).collect::<Vec<_>>(),
             "kv_owning_layers": owners, "kv_sharing": plan,
             "kv_cache_bytes_per_token": {"int8": kv_row(KvDtype::Int8), "f16": kv_row(KvDtype::F16), "f32": kv_row(KvDtype::F32)},
             "provenance": loaded.provenance,
@@ -775,7 +904,7 @@ fn inspect(path: &Path, json: bool, tensors: bool) -> Res<()> {
     );
     for (f, (count, n, b)) in &by_format {
         println!(
-            "  {f:>4}: {count:>4} tensors, {:>8.2} M params, {:>8.2} MiB, {:.3} bits/weight",
+            "  {f:>5}: {count:>4} tensors, {:>8.2} M params, {:>8.2} MiB, {:.3} bits/weight",
             *n as f64 / 1e6,
             *b as f64 / 1048576.0,
             8.0 * *b as f64 / *n as f64
@@ -785,14 +914,20 @@ fn inspect(path: &Path, json: bool, tensors: bool) -> Res<()> {
         "  decoder linears: {:.3} bits/weight (every scale counted)",
         8.0 * dec_bytes as f64 / dec_params.max(1) as f64
     );
+    if !keeps.is_empty() {
+        println!(
+            "  loaded without --preset (the file's own precision; --preset converts further):"
+        );
+        for ((from, to), n) in &keeps {
+            println!("    {from:>5} -> {to}: {n} tensors");
+        }
+    }
     if tensors {
-        for t in loaded.tensors.values() {
-            println!(
-                "    {:<28} {:>4} {:?}",
-                t.name(),
-                t.format().name(),
-                t.shape()
-            );
+        for t in &rows {
+            let to = t
+                .kept
+                .map_or(String::new(), |k| format!(" -> {}", kept_name(k)));
+            println!("    {:<28} {:>5} {:?}{to}", t.name, t.format, t.shape);
         }
     }
     println!(

@@ -51,7 +51,7 @@ pub(crate) fn run(
         .0
         .encode(text, false)
         .map_err(|e| e.to_string())?;
-    let pb = progress_bar("perplexity");
+    let mut pb = progress_bar("perplexity");
     let r = perplexity(
         &engine.model,
         base.map(|b| &*b.model),
@@ -59,8 +59,9 @@ pub(crate) fn run(
         ctx,
         max_chunks,
         |d, t| {
-            pb.set_length(t as u64);
-            pb.set_position(d as u64);
+            if t > 0 {
+                pb.update(d, t, "")
+            }
         },
     )
     .map_err(|e| e.to_string())?;

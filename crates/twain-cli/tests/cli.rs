@@ -495,3 +495,33 @@ fn recover_block_stage_runs_every_block() {
     assert!(!ok && err.contains("--kv-share"), "stderr: {err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_gguf_is_inspected_by_its_own_types_and_converted_once_with_plain_progress() {
+    let g = gguf();
+    let (out, err, ok) = twain(&["inspect", g.to_str().unwrap()]);
+    assert!(ok, "stderr: {err}");
+    assert!(out.contains("Q4_1:") && out.contains("Q8_0:"), "{out}");
+    assert!(out.contains("Q4_1 -> f16 (widened)"), "{out}");
+    assert!(out.contains("Q8_0 -> q8 (kept bit-exact)"), "{out}");
+    // A fresh cache: the first run converts (a plain line off a terminal),
+    // the second finds the cached file and says nothing.
+    let cache = std::env::temp_dir().join(format!("twain-cli-cache-{}", std::process::id()));
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_twain"))
+            .env("TWAIN_CACHE_DIR", &cache)
+            .args(["generate", "--model", g.to_str().unwrap(), "--raw"])
+            .args(["--max-tokens", "3", "The capital of France is"])
+            .output()
+            .expect("run twain");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let first = run();
+    assert!(first.contains("twain: converting"), "{first}");
+    let second = run();
+    assert!(!second.contains("converting"), "{second}");
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "one cached conversion");
+    std::fs::remove_dir_all(&cache).unwrap();
+}

@@ -302,7 +302,20 @@ pub fn default_model_path_for(
     if cache_is_valid(&path, &want) {
         return Ok(path);
     }
+    let mut progress = progress;
+    // Stage notices: (0, 0, what) (see [`Progress`] users in the CLI).
+    let mut stage = |what: &str| {
+        if let Some(p) = progress.as_mut() {
+            p(0, 0, what)
+        }
+    };
+    stage("fetching the default model (first use)");
     let gguf = twain_io::fetch::ensure_default_gguf().map_err(load_err)?;
+    stage(&format!(
+        "converting the default model to {} (first use; cached in {})",
+        preset.name(),
+        dir.display()
+    ));
     let loaded = twain_io::load_model(&gguf).map_err(load_err)?;
     let mut converted = match shipped {
         Some((pack, patch)) => {
@@ -490,6 +503,18 @@ pub fn cached_conversion(
     ];
     if cache_is_valid(&path, &want) {
         return Ok(path);
+    }
+    let mut progress = progress;
+    if let Some(p) = progress.as_mut() {
+        p(
+            0,
+            0,
+            &format!(
+                "converting {} ({what}; first use, cached as {})",
+                source.display(),
+                path.display()
+            ),
+        );
     }
     let mut m = match conv.preset {
         None => {
