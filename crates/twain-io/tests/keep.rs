@@ -130,6 +130,9 @@ fn q8_0_and_q4_0_are_bit_exact_and_the_rest_is_widened() {
         ("attn_output.weight", GgmlType::BF16),
         ("ffn_up.weight", GgmlType::Q4_1),
         ("token_embd.weight", GgmlType::Q8_0),
+        // 64 columns: two blocks per row, where the re-layout moves bytes.
+        ("blk.0.ffn_down.weight", GgmlType::Q8_0),
+        ("blk.1.ffn_down.weight", GgmlType::Q4_0),
     ];
     let path = write(&dir, "mixed.gguf", &mixed_gguf(&types, None));
     let g = GgufFile::open(&path).unwrap();
@@ -139,6 +142,9 @@ fn q8_0_and_q4_0_are_bit_exact_and_the_rest_is_widened() {
         let k = kept[&info.name];
         let want = g.dequantize_info(info).unwrap();
         let got = t.to_f32().unwrap();
+        if info.name.ends_with("ffn_down.weight") {
+            assert!(info.ggml_type != GgmlType::F32, "{}", info.name);
+        }
         let expect = match info.ggml_type {
             GgmlType::Q8_0 => Kept::Exact(QuantFormat::Q8),
             GgmlType::Q4_0 => Kept::Exact(QuantFormat::Q4),
