@@ -414,7 +414,24 @@ fn describe_type(root: &Value, schema: &Value, depth: usize) -> String {
     }
 }
 
+/// How many schema nodes one description may visit: `$ref` cycles through
+/// arrays or members (`struct L(Vec<L>)`) and wide objects that refer back
+/// to the root would otherwise recurse without end or multiply.
+const DESCRIBE_BUDGET: usize = 256;
+
+/// Deepest nesting a description goes into.
+const DESCRIBE_DEPTH: usize = 6;
+
 fn describe_kind(root: &Value, schema: &Value, depth: usize) -> String {
+    let mut budget = DESCRIBE_BUDGET;
+    describe_kind_within(root, schema, depth, &mut budget)
+}
+
+fn describe_kind_within(root: &Value, schema: &Value, depth: usize, budget: &mut usize) -> String {
+    if depth > DESCRIBE_DEPTH || *budget == 0 {
+        return "a value".into();
+    }
+    *budget -= 1;
     let num = |k: &str| schema.get(k).and_then(Value::as_f64);
     if let Some(c) = schema.get("const") {
         return format!("exactly {c}");
@@ -430,7 +447,7 @@ fn describe_kind(root: &Value, schema: &Value, depth: usize) -> String {
             }
             let alts: Vec<String> = alts
                 .iter()
-                .map(|a| describe_kind(root, resolve(root, a), depth + 1))
+                .map(|a| describe_kind_within(root, resolve(root, a), depth + 1, budget))
                 .collect();
             return format!("either {}", alts.join(", or "));
         }
@@ -474,7 +491,7 @@ fn describe_kind(root: &Value, schema: &Value, depth: usize) -> String {
         "array" => {
             let item = schema
                 .get("items")
-                .map(|i| describe_kind(root, resolve(root, i), depth + 1))
+                .map(|i| describe_kind_within(root, resolve(root, i), depth + 1, budget))
                 .unwrap_or_else(|| "values".into());
             let count = match (num("minItems"), num("maxItems")) {
                 (Some(lo), Some(hi)) if lo == hi => format!("{lo} "),
@@ -492,7 +509,7 @@ fn describe_kind(root: &Value, schema: &Value, depth: usize) -> String {
                     .map(|(k, v)| {
                         format!(
                             "\"{k}\" ({})",
-                            describe_kind(root, resolve(root, v), depth + 1)
+                            describe_kind_within(root, resolve(root, v), depth + 1, budget)
                         )
                     })
                     .collect();

@@ -340,3 +340,57 @@ fn max_array_items_bounds_free_arrays() {
     assert_eq!(v.free, vec![0, 0]);
     assert_eq!(v.at_least_three, vec![0, 0, 0]);
 }
+
+/// A list of itself: its schema's `$ref` loops through `items`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[allow(dead_code)]
+struct Nest(Vec<Nest>);
+
+/// A member that is a list of its own type.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[allow(dead_code)]
+struct Tree {
+    #[schemars(length(max = 2))]
+    kids: Vec<Tree>,
+}
+
+#[test]
+fn recursive_schemas_are_described_and_generated_in_bounded_time() {
+    // A reference that loops through array items used to recurse without
+    // end (stack overflow, which aborts the process: this test would not
+    // report, it would kill the test binary).
+    let looped = json!({
+        "type": "object",
+        "properties": {"x": {"type": "array", "items": {"$ref": "#"}}},
+    });
+    let d = describe_schema("Q", &looped);
+    assert!(
+        d.contains("a list of items, each an object with \"x\"") && d.len() < 4096,
+        "{d}"
+    );
+    // Wide objects whose members all refer back to the root multiplied:
+    // 200 members at three levels are 8 million descriptions.
+    let mut props = serde_json::Map::new();
+    for i in 0..200 {
+        props.insert(format!("p{i}"), json!({"$ref": "#"}));
+    }
+    let wide = json!({"type": "object", "properties": props});
+    let d = describe_schema("Q", &wide);
+    assert!(d.len() < 8 << 20, "{} bytes", d.len());
+    // Types whose schemas refer to themselves, through the typed path.
+    let mut s = session();
+    let r = s.respond_as::<Nest>("x", GuidedOptions::max_tokens(48));
+    assert!(
+        matches!(r, Ok(_) | Err(GuidedError::Incomplete { .. })),
+        "{r:?}"
+    );
+    let o = GuidedOptions {
+        max_array_items: Some(2),
+        ..GuidedOptions::max_tokens(64)
+    };
+    let r = s.respond_as::<Tree>("x", o);
+    assert!(
+        matches!(r, Ok(_) | Err(GuidedError::Incomplete { .. })),
+        "{r:?}"
+    );
+}
