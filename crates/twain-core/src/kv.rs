@@ -61,8 +61,14 @@ impl Rows {
             Rows::Int8 { q, scale } => {
                 let start = q.len();
                 q.resize(start + row.len(), 0);
-                let s = int8::quantize_row(row, &mut q[start..])?;
-                scale.push(s);
+                match int8::quantize_row(row, &mut q[start..]) {
+                    Ok(s) => scale.push(s),
+                    Err(e) => {
+                        // Leave no partial row behind.
+                        q.truncate(start);
+                        return Err(e);
+                    }
+                }
             }
             Rows::F16(v) => v.extend(row.iter().map(|&x| f16::from_f32(x))),
             Rows::F32(v) => v.extend_from_slice(row),
@@ -145,23 +151,35 @@ impl LayerCache {
     }
 
     /// Append one position's K and V (each n_kv_heads * head_dim values).
+    /// On error (a non-finite value for the int8 cache) nothing is appended.
     pub(crate) fn push(&mut self, k: &[f32], v: &[f32]) -> Result<(), twain_quant::QuantError> {
         for h in 0..self.n_kv_heads {
             let r = h * self.head_dim..(h + 1) * self.head_dim;
-            self.k.push(&k[r.clone()])?;
-            self.v.push(&v[r])?;
+            let pushed = self.k.push(&k[r.clone()]).and_then(|()| self.v.push(&v[r]));
+            if let Err(e) = pushed {
+                // Drop the heads of this position already written (K and V of
+                // heads before h, and K of head h if V failed).
+                self.truncate_rows(self.len);
+                return Err(e);
+            }
         }
         self.len += 1;
         Ok(())
     }
 
+    /// Keep positions `0..len` (no-op for `len >= self.len`). The buffers are
+    /// cut even when `len == self.len`, so no partial row survives.
     pub(crate) fn truncate(&mut self, len: usize) {
-        if len < self.len {
-            let rows = len * self.n_kv_heads;
-            self.k.truncate(rows, self.head_dim);
-            self.v.truncate(rows, self.head_dim);
+        if len <= self.len {
+            self.truncate_rows(len);
             self.len = len;
         }
+    }
+
+    fn truncate_rows(&mut self, positions: usize) {
+        let rows = positions * self.n_kv_heads;
+        self.k.truncate(rows, self.head_dim);
+        self.v.truncate(rows, self.head_dim);
     }
 
     pub(crate) fn bytes(&self) -> usize {

@@ -450,3 +450,57 @@ fn unmerged_delta_equals_merged_weights_and_can_be_swapped() {
     assert!(err.to_string().contains("blk.1.ffn_up.weight"), "{err}");
     assert_eq!(base.position(&s), toks.len());
 }
+
+#[test]
+fn a_failed_forward_leaves_the_int8_cache_as_it_was() {
+    // Token `BAD`'s embedding row holds an inf: its K/V rows are not finite,
+    // so the int8 cache refuses them. Every failure must leave the state as
+    // it was before the call, so the session goes on as if it never happened.
+    const BAD: usize = 5;
+    let mut config = synthetic::tiny_config(2);
+    config.tied_embeddings = false;
+    let mut loaded = synthetic::random_model(&config, Preset::F32, 42).unwrap();
+    let embd = &loaded.tensors["token_embd.weight"];
+    let shape = embd.shape().to_vec();
+    let d = shape[1];
+    let mut data = vec![0.0f32; shape[0] * d];
+    let m = embd.matrix().unwrap();
+    for (r, row) in data.chunks_exact_mut(d).enumerate() {
+        m.dequantize_row(r, row).unwrap();
+    }
+    data[BAD * d + 3] = f32::INFINITY;
+    let t = twain_io::Tensor::from_f32("token_embd.weight", shape, data).unwrap();
+    loaded.tensors.insert("token_embd.weight".into(), t);
+    let model = Transformer::from_loaded(loaded, TransformerOptions::default()).unwrap();
+    let v = config.vocab_size;
+    let good: Vec<u32> = prompt(12, v)
+        .into_iter()
+        .filter(|&t| t as usize != BAD)
+        .collect();
+    let (head, tail) = good.split_at(8);
+    let mut logits = vec![0.0; v];
+
+    let mut s = model.new_state();
+    model.forward(&mut s, head, &mut logits).unwrap();
+    let bytes = s.kv_bytes();
+    // Fails on the first token of the call, in the middle, and in decode.
+    for bad in [
+        vec![BAD as u32],
+        vec![1, BAD as u32, 2],
+        vec![BAD as u32, 1],
+    ] {
+        let err = model.forward(&mut s, &bad, &mut logits).unwrap_err();
+        assert!(err.to_string().contains("quantize_row"), "{err}");
+        assert_eq!(model.position(&s), 8, "position after {bad:?}");
+        assert_eq!(s.kv_bytes(), bytes, "cache bytes after {bad:?}");
+    }
+    model.forward(&mut s, tail, &mut logits).unwrap();
+    let mut fresh = model.new_state();
+    let mut want = vec![0.0; v];
+    model.forward(&mut fresh, &good, &mut want).unwrap();
+    assert!(
+        max_diff(&logits, &want) < 1e-5,
+        "{}",
+        max_diff(&logits, &want)
+    );
+}
