@@ -78,11 +78,15 @@ impl<M: Model> Session<M> {
         &self.tokens
     }
 
-    /// Forget everything (transcript and cache).
+    /// Forget the conversation (transcript and cache). The state is emptied
+    /// in place, so what it carries besides the cache (e.g. a LoRA adapter
+    /// set with `set_adapter`) stays.
     pub fn reset(&mut self) {
         self.transcript.clear();
         self.tokens.clear();
-        self.state = self.model.new_state();
+        if self.model.truncate(&mut self.state, 0).is_err() {
+            self.state = self.model.new_state();
+        }
     }
 
     /// Add a user message and stream the assistant's answer. The answer is

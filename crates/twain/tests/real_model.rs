@@ -122,6 +122,11 @@ fn a_session_swaps_adapters_over_one_base() {
         adapted, base_answer,
         "a strong adapter must change the answer"
     );
+    // `reset` forgets the conversation, not the adapter.
+    s.reset();
+    assert!(s.state().adapter().is_some());
+    let (after_reset, _) = s.respond(q, opts()).unwrap().collect_text().unwrap();
+    assert_eq!(after_reset, adapted);
     // Switch back to the base between turns: the cache is rebuilt, the answer is the base's.
     s.set_adapter(None).unwrap();
     s.reset();
