@@ -25,6 +25,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod atomic;
 mod backing;
 pub mod config;
 mod error;
@@ -41,6 +42,7 @@ mod tensor;
 use std::io::Read;
 use std::path::Path;
 
+pub use atomic::{write_atomic, write_atomic_with, AtomicFile};
 pub use config::{ModelConfig, RopeLayout, RopeScaling};
 pub use error::IoError;
 pub use ggml::GgmlType;

@@ -230,10 +230,8 @@ pub fn write_native(
     hbytes.resize(pad64(hbytes.len() + 8) - 8, b' ');
     let bytes_total = (8 + hbytes.len() + total_data) as u64;
 
-    let tmp = tmp_path(path);
-    let result = (|| -> std::io::Result<()> {
-        let file = std::fs::File::create(&tmp)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    // A fresh temporary file, flushed, renamed into place, directory flushed (crate::atomic).
+    crate::atomic::write_atomic_with(path, |w| -> std::io::Result<()> {
         w.write_all(&(hbytes.len() as u64).to_le_bytes())?;
         w.write_all(&hbytes)?;
         let mut done = (8 + hbytes.len()) as u64;
@@ -251,18 +249,9 @@ pub fn write_native(
                 bytes_total,
             });
         }
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
         Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(IoError::os(&tmp, e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        IoError::os(path, e)
-    })?;
+    })
+    .map_err(|e| IoError::os(path, e))?;
     Ok(bytes_total)
 }
 

@@ -147,15 +147,7 @@ pub fn write_patch(
         .collect::<Result<Vec<_>, _>>()?;
     let data = safetensors::serialize(views, Some(meta))
         .map_err(|e| IoError::malformed(path, e.to_string()))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, &data)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            IoError::os(path, e)
-        })?;
+    crate::atomic::write_atomic(path, &data).map_err(|e| IoError::os(path, e))?;
     stats.file_bytes = data.len() as u64;
     Ok(stats)
 }

@@ -249,3 +249,46 @@ fn a_partial_file_omits_only_what_it_says() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Names in `dir`, sorted.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[cfg(unix)]
+#[test]
+fn native_write_is_atomic_and_never_writes_through_a_symlink() {
+    let (m, tensors) = requantized();
+    let dir = scratch("atomic");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut native = NativeModel::from_loaded(&m);
+    native.tensors = &tensors;
+    // The destination is a symlink to another file: the link is replaced, the file kept.
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let path = dir.join("tiny.twain");
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    let size = write_native(&path, &native, &mut |_| {}).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+    // Complete: the size returned, and it reads back.
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+    let back = load_model(&path).unwrap();
+    assert_eq!(back.tensors.len(), tensors.len());
+    assert_eq!(entries(&dir), ["tiny.twain", "victim"]);
+    // A failing write (the rename onto a non-empty directory) leaves no temporary file.
+    let sub = dir.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("x"), b"x").unwrap();
+    let e = write_native(&sub, &native, &mut |_| {}).unwrap_err();
+    assert!(matches!(e, IoError::Os { .. }), "{e:?}");
+    assert!(e.to_string().contains("sub"), "{e}");
+    assert_eq!(entries(&dir), ["sub", "tiny.twain", "victim"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -119,3 +119,39 @@ fn a_patch_rebuilds_the_variant_byte_for_byte() {
     assert!(e.to_string().contains("missing.patch"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[cfg(unix)]
+#[test]
+fn patch_write_never_follows_a_planted_temp_symlink() {
+    let dir = std::env::temp_dir().join(format!("twain-io-patch-link-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("v.patch");
+    std::fs::write(&path, b"old patch").unwrap();
+    // A symlink where a predictable temporary name would be, pointing at another file.
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let mut planted = path.as_os_str().to_owned();
+    planted.push(format!(".tmp.{}", std::process::id()));
+    std::os::unix::fs::symlink(&victim, PathBuf::from(&planted)).unwrap();
+    let b = base();
+    let v = variant(&b);
+    let stats = write_patch(&b, &v, "base-1", &path).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), stats.file_bytes);
+    same(&apply_patch(b.clone(), &path, "base-1").unwrap(), &v);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let planted_name = PathBuf::from(&planted)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let mut expected = vec![planted_name, "v.patch".into(), "victim".into()];
+    expected.sort();
+    assert_eq!(names, expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
