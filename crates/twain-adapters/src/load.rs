@@ -366,7 +366,7 @@ impl LoraAdapter {
     pub fn write_native(&self, path: impl AsRef<Path>) -> Result<(), AdapterError> {
         let path = path.as_ref();
         let bytes = self.to_native_bytes()?;
-        std::fs::write(path, bytes).map_err(|e| AdapterError::os(path, e))
+        twain_io::write_atomic(path, &bytes).map_err(|e| AdapterError::os(path, e))
     }
 }
 
