@@ -130,8 +130,7 @@ impl Engine {
         let path = path.as_ref();
         let keep = opts.preset.is_none() && is_gguf(path);
         let loaded = if keep {
-            let g = twain_io::GgufFile::open(path).map_err(load_err)?;
-            twain_io::keep::model_from_gguf_kept(g).map_err(load_err)?.0
+            load_kept(path, opts.kv_share)?.0
         } else {
             twain_io::load_model(path).map_err(load_err)?
         };
@@ -145,12 +144,6 @@ impl Engine {
             (None, false) => Some(DEFAULT_PRESET),
         };
         let loaded = if keep {
-            let mut loaded = loaded;
-            if let Some((a, b)) = opts.kv_share {
-                let plan =
-                    twain_core::KvPlan::shared(loaded.config.n_layers, a, b).map_err(load_err)?;
-                twain_convert::apply_plan(&mut loaded, &plan).map_err(load_err)?;
-            }
             loaded
         } else if preset.is_some() || opts.kv_share.is_some() {
             let preset = preset.unwrap_or(Preset::F32);
@@ -369,6 +362,27 @@ pub fn default_model_path_for(
     Ok(path)
 }
 
+/// The GGUF file at `path` at its own precision ([`twain_io::keep`]), with
+/// the KV-sharing plan `kv_share` retrofitted, and what was kept per tensor.
+fn load_kept(
+    path: &Path,
+    kv_share: Option<(usize, usize)>,
+) -> Result<
+    (
+        twain_io::LoadedModel,
+        std::collections::BTreeMap<String, twain_io::keep::Kept>,
+    ),
+    Error,
+> {
+    let g = twain_io::GgufFile::open(path).map_err(load_err)?;
+    let (mut m, kept) = twain_io::keep::model_from_gguf_kept(g).map_err(load_err)?;
+    if let Some((a, b)) = kv_share {
+        let plan = twain_core::KvPlan::shared(m.config.n_layers, a, b).map_err(load_err)?;
+        twain_convert::apply_plan(&mut m, &plan).map_err(load_err)?;
+    }
+    Ok((m, kept))
+}
+
 /// Whether `path` is a GGUF file (by its magic bytes).
 pub fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
@@ -518,12 +532,7 @@ pub fn cached_conversion(
     }
     let mut m = match conv.preset {
         None => {
-            let g = twain_io::GgufFile::open(source).map_err(load_err)?;
-            let (mut m, kept) = twain_io::keep::model_from_gguf_kept(g).map_err(load_err)?;
-            if let Some((a, b)) = conv.kv_share {
-                let plan = twain_core::KvPlan::shared(m.config.n_layers, a, b).map_err(load_err)?;
-                twain_convert::apply_plan(&mut m, &plan).map_err(load_err)?;
-            }
+            let (mut m, kept) = load_kept(source, conv.kv_share)?;
             let widened = kept.values().filter(|k| !k.is_exact()).count();
             m.provenance.insert(
                 "twain.kept".into(),
