@@ -16,6 +16,16 @@
 //! ([`ToolErrorPolicy::ReportToModel`]); with [`ToolErrorPolicy::Fail`] the
 //! call returns [`GuidedError::Tool`] to the caller instead (the transcript
 //! keeps the failed call).
+//!
+//! A call that fails leaves the transcript holding every tool call made so
+//! far and its output: a tool runs for real (it may have side effects), so
+//! its output is never dropped, even when the next round cannot start (say
+//! the output does not fit the context window, or the prompt cannot be
+//! rendered). The model state then holds the transcript up to the call, and
+//! the next turn feeds the rest. (An output too long for the context keeps
+//! the next turns failing with [`crate::Error::ExceededContextWindow`] until
+//! [`Session::reset`].) A failure before any tool ran leaves the session as
+//! it was.
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -278,13 +288,26 @@ impl<M: Model> Session<M> {
                 tool_turn_schema(tools, &choice)
             };
             let constraint = json_constraint(&schema, &opts.guided);
+            let round = std::mem::take(&mut next);
+            let mut started = false;
             let text = self
-                .constrained_turn(
-                    std::mem::take(&mut next),
-                    &constraint,
-                    opts.guided.generate.clone(),
-                )?
-                .complete_text()?;
+                .constrained_turn(round.clone(), &constraint, opts.guided.generate.clone())
+                .and_then(|turn| {
+                    started = true;
+                    turn.complete_text()
+                });
+            let text = match text {
+                Ok(text) => text,
+                Err(e) => {
+                    // The round did not start, but its tool already ran: keep
+                    // the output (see the module docs). A failed first round
+                    // leaves the session as it was.
+                    if !started && !calls.is_empty() {
+                        self.transcript.extend(round);
+                    }
+                    return Err(e);
+                }
+            };
             let reply: Value = serde_json::from_str(&text).map_err(|e| GuidedError::Decode {
                 type_name: "tool call",
                 message: e.to_string(),

@@ -322,6 +322,69 @@ fn tool_rounds_over_the_toy_model() {
     assert_eq!(s.transcript()[2].role, twain::Role::Tool);
 }
 
+/// A tool whose output is longer than the toy context window.
+struct Flood;
+
+impl Tool for Flood {
+    type Args = EchoArgs;
+    fn name(&self) -> &str {
+        "flood"
+    }
+    fn description(&self) -> &str {
+        "Flood."
+    }
+    fn call(&self, _args: EchoArgs) -> Result<String, ToolError> {
+        Ok("y".repeat(4000))
+    }
+}
+
+#[test]
+fn a_tool_output_survives_a_failed_next_round() {
+    // The call fits a 1024-token context, its 4000-byte output does not:
+    // the next round's prefill fails, and the transcript keeps the call and
+    // the output (the tool ran).
+    let mut info = ModelInfo::new("small", 257, 1024);
+    info.special.end_of_turn = vec![EOT];
+    let mut s = Session::new(Flat(info), Arc::new(Bytes), Arc::new(ChatMl));
+    let tools: [&dyn DynTool; 1] = [&Flood];
+    let r = s.respond_with_tools(
+        "x",
+        &tools,
+        ToolOptions {
+            first_choice: ToolChoice::Required,
+            guided: opts(),
+            ..ToolOptions::default()
+        },
+    );
+    assert!(
+        matches!(
+            r,
+            Err(GuidedError::Session(Error::ExceededContextWindow { .. }))
+        ),
+        "{r:?}"
+    );
+    let t = s.transcript();
+    assert_eq!(t.len(), 3, "{t:?}");
+    assert_eq!(t[0].role, twain::Role::User);
+    assert_eq!(t[1].role, twain::Role::Assistant);
+    assert_eq!(
+        t[1].content,
+        r#"{"tool": "flood", "arguments": {"text": "   "}}"#
+    );
+    assert_eq!(t[2].role, twain::Role::Tool);
+    assert_eq!(t[2].content, "y".repeat(4000));
+    // The state still holds the conversation up to the call.
+    assert_eq!(s.model().position(s.state()), s.tokens().len());
+    assert!(!s.tokens().is_empty());
+    // A failure before any tool ran leaves the session as it was.
+    let mut info = ModelInfo::new("tiny", 257, 40);
+    info.special.end_of_turn = vec![EOT];
+    let mut tiny = Session::new(Flat(info), Arc::new(Bytes), Arc::new(ChatMl));
+    let r = tiny.respond_with_tools("x", &tools, ToolOptions::default());
+    assert!(r.is_err());
+    assert!(tiny.transcript().is_empty() && tiny.tokens().is_empty());
+}
+
 #[test]
 fn max_array_items_bounds_free_arrays() {
     #[derive(Debug, Deserialize, JsonSchema)]
