@@ -13,7 +13,7 @@
 //! Tokens of type 3 (control) become special added tokens, type 4 (user-defined) non-special
 //! added tokens; both are matched verbatim in the input text.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
@@ -508,7 +508,7 @@ fn build_sentencepiece(v: &GgufVocab, vocab: HashMap<String, u32>) -> Result<Bui
     if v.scores.is_empty() {
         return Err(TokenizerError::MissingKey("tokenizer.ggml.scores".into()));
     }
-    let merges = sentencepiece_merges(v, &vocab);
+    let merges = sentencepiece_merges(v, &vocab)?;
     let unk = v
         .unk
         .or_else(|| {
@@ -557,23 +557,138 @@ fn build_sentencepiece(v: &GgufVocab, vocab: HashMap<String, u32>) -> Result<Bui
     })
 }
 
+/// Bytes the SentencePiece merge list (both halves of every merge) may hold: this many times
+/// the bytes of all pieces, plus [`SP_MERGE_BYTES_SLACK`]. Real vocabularies need a few times
+/// their own bytes; a vocabulary of every length of one repeated letter would need bytes
+/// quadratic in its longest piece, and fails with [`TokenizerError::BadMetadata`] instead.
+pub const SP_MERGE_BYTES_PER_PIECE_BYTE: usize = 16;
+/// See [`SP_MERGE_BYTES_PER_PIECE_BYTE`].
+pub const SP_MERGE_BYTES_SLACK: usize = 64 << 20;
+
+/// Polynomial hashing of byte strings modulo the Mersenne prime 2^61 - 1, so the hash of every
+/// prefix of a piece comes in one pass and that of a suffix in O(1) from the whole's.
+const HASH_MOD: u64 = (1 << 61) - 1;
+const HASH_BASE: u64 = 0x1f35_a3c7_9b2d_4e61 % HASH_MOD;
+
+fn hash_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    let r = (p >> 61) as u64 + (p as u64 & HASH_MOD);
+    let r = if r >= HASH_MOD { r - HASH_MOD } else { r };
+    if r >= HASH_MOD {
+        r - HASH_MOD
+    } else {
+        r
+    }
+}
+
+fn hash_push(h: u64, byte: u8) -> u64 {
+    let r = hash_mul(h, HASH_BASE) + u64::from(byte) + 1;
+    if r >= HASH_MOD {
+        r - HASH_MOD
+    } else {
+        r
+    }
+}
+
+fn hash_pow(mut e: usize) -> u64 {
+    let (mut acc, mut b) = (1u64, HASH_BASE);
+    while e > 0 {
+        if e & 1 == 1 {
+            acc = hash_mul(acc, b);
+        }
+        b = hash_mul(b, b);
+        e >>= 1;
+    }
+    acc
+}
+
+fn hash_of(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0, |h, &b| hash_push(h, b))
+}
+
 /// BPE merges equivalent to SentencePiece's score-driven merging: every split of a normal piece
 /// into two normal pieces, ordered by the merged piece's score (highest first), ties by the
 /// ids of the halves.
-fn sentencepiece_merges(v: &GgufVocab, vocab: &HashMap<String, u32>) -> Vec<(String, String)> {
+///
+/// Linear in the vocabulary's bytes plus the merges' bytes: a split is looked up only where
+/// both halves have the length of some normal piece and their (length, hash) pair is a normal
+/// piece's, hashed in one pass over the piece (the old code hashed both halves at every split,
+/// quadratic in a piece's length, so one 10 MB piece hung the load). The merges' bytes are
+/// bounded by [`SP_MERGE_BYTES_PER_PIECE_BYTE`].
+fn sentencepiece_merges(
+    v: &GgufVocab,
+    vocab: &HashMap<String, u32>,
+) -> Result<Vec<(String, String)>> {
     let normal = |id: u32| v.token_type(id as usize) == TOKEN_TYPE_NORMAL;
-    let mut all: Vec<(f32, u32, u32, u32)> = Vec::new(); // (score, merged, left, right)
+    // The normal pieces that own their id in `vocab`: only these can be halves.
+    let owned =
+        |id: usize, piece: &str| normal(id as u32) && vocab.get(piece) == Some(&(id as u32));
+    let mut keys: HashSet<(usize, u64)> = HashSet::new();
+    let mut lengths: Vec<usize> = Vec::new();
+    let mut piece_bytes = 0usize;
     for (id, piece) in v.tokens.iter().enumerate() {
-        let id = id as u32;
-        if !normal(id) || vocab.get(piece) != Some(&id) {
+        piece_bytes = piece_bytes.saturating_add(piece.len());
+        if owned(id, piece) {
+            keys.insert((piece.len(), hash_of(piece.as_bytes())));
+            lengths.push(piece.len());
+        }
+    }
+    lengths.sort_unstable();
+    lengths.dedup();
+    let max_len = lengths.last().copied().unwrap_or(0);
+    let mut is_length = vec![false; max_len + 1];
+    let mut pow_of_length: HashMap<usize, u64> = HashMap::with_capacity(lengths.len());
+    for &n in &lengths {
+        is_length[n] = true;
+        pow_of_length.insert(n, hash_pow(n));
+    }
+    let budget = piece_bytes
+        .saturating_mul(SP_MERGE_BYTES_PER_PIECE_BYTE)
+        .saturating_add(SP_MERGE_BYTES_SLACK);
+    let mut used = 0usize;
+    let mut all: Vec<(f32, u32, u32, u32)> = Vec::new(); // (score, merged, left, right)
+    let mut prefixes: Vec<(usize, u64)> = Vec::new();
+    for (id, piece) in v.tokens.iter().enumerate() {
+        if !owned(id, piece) {
             continue;
         }
-        let score = v.scores[id as usize];
-        for (at, _) in piece.char_indices().skip(1) {
+        let score = v.scores[id];
+        let bytes = piece.as_bytes();
+        let n = bytes.len();
+        // Hashes of the prefixes whose length is a normal piece's.
+        prefixes.clear();
+        let mut h = 0u64;
+        for (i, &b) in bytes.iter().enumerate() {
+            if i > 0 && is_length[i] && piece.is_char_boundary(i) {
+                prefixes.push((i, h));
+            }
+            h = hash_push(h, b);
+        }
+        for &(at, left_hash) in &prefixes {
+            let rest = n - at;
+            let Some(&pow) = pow_of_length.get(&rest) else {
+                continue;
+            };
+            let right_hash = (h + HASH_MOD - hash_mul(left_hash, pow)) % HASH_MOD;
+            if !keys.contains(&(at, left_hash)) || !keys.contains(&(rest, right_hash)) {
+                continue;
+            }
             let (l, r) = piece.split_at(at);
             if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
                 if normal(li) && normal(ri) {
-                    all.push((score, id, li, ri));
+                    used = used.saturating_add(n);
+                    if used > budget {
+                        return Err(TokenizerError::bad(
+                            "tokenizer.ggml.tokens",
+                            format!(
+                                "the SentencePiece merges of these pieces exceed {budget} bytes \
+                                 ({SP_MERGE_BYTES_PER_PIECE_BYTE} x the pieces' {piece_bytes} \
+                                 bytes + {SP_MERGE_BYTES_SLACK}); piece {id} alone has {} bytes",
+                                n
+                            ),
+                        ));
+                    }
+                    all.push((score, id as u32, li, ri));
                 }
             }
         }
@@ -583,9 +698,10 @@ fn sentencepiece_merges(v: &GgufVocab, vocab: &HashMap<String, u32>) -> Vec<(Str
             .then(a.1.cmp(&b.1))
             .then((a.2, a.3).cmp(&(b.2, b.3)))
     });
-    all.into_iter()
+    Ok(all
+        .into_iter()
         .map(|(_, _, l, r)| (v.tokens[l as usize].clone(), v.tokens[r as usize].clone()))
-        .collect()
+        .collect())
 }
 
 /// A post-processor adding BOS in front and/or EOS behind (`add_special = true`).
@@ -645,6 +761,87 @@ fn post_processor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The quadratic construction the hashed one replaced.
+    fn naive_merges(v: &GgufVocab, vocab: &HashMap<String, u32>) -> Vec<(String, String)> {
+        let normal = |id: u32| v.token_type(id as usize) == TOKEN_TYPE_NORMAL;
+        let mut all: Vec<(f32, u32, u32, u32)> = Vec::new();
+        for (id, piece) in v.tokens.iter().enumerate() {
+            let id = id as u32;
+            if !normal(id) || vocab.get(piece) != Some(&id) {
+                continue;
+            }
+            for (at, _) in piece.char_indices().skip(1) {
+                let (l, r) = piece.split_at(at);
+                if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
+                    if normal(li) && normal(ri) {
+                        all.push((v.scores[id as usize], id, li, ri));
+                    }
+                }
+            }
+        }
+        all.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then(a.1.cmp(&b.1))
+                .then((a.2, a.3).cmp(&(b.2, b.3)))
+        });
+        all.into_iter()
+            .map(|(_, _, l, r)| (v.tokens[l as usize].clone(), v.tokens[r as usize].clone()))
+            .collect()
+    }
+
+    #[test]
+    fn hashed_sentencepiece_merges_equal_the_naive_ones() {
+        let alphabet = ["a", "b", "▁", "é", "ab"];
+        let mut x = 12345u64;
+        let mut next = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as usize
+        };
+        for round in 0..20 {
+            let mut tokens: Vec<String> = Vec::new();
+            let mut token_types = Vec::new();
+            for i in 0..300 {
+                let len = 1 + next() % 7;
+                tokens.push(
+                    (0..len)
+                        .map(|_| alphabet[next() % alphabet.len()])
+                        .collect(),
+                );
+                // Some duplicates and some non-normal pieces.
+                token_types.push(if i % 17 == 3 {
+                    TOKEN_TYPE_CONTROL
+                } else {
+                    TOKEN_TYPE_NORMAL
+                });
+            }
+            let scores = (0..tokens.len())
+                .map(|i| {
+                    if round % 2 == 0 {
+                        -(i as f32)
+                    } else {
+                        (i % 5) as f32
+                    }
+                })
+                .collect();
+            let v = GgufVocab {
+                model: "llama".into(),
+                tokens,
+                token_types,
+                scores,
+                ..GgufVocab::default()
+            };
+            let mut vocab = HashMap::new();
+            for (i, t) in v.tokens.iter().enumerate() {
+                vocab.entry(t.clone()).or_insert(i as u32);
+            }
+            let fast = sentencepiece_merges(&v, &vocab).unwrap();
+            assert!(!fast.is_empty());
+            assert_eq!(fast, naive_merges(&v, &vocab), "round {round}");
+        }
+    }
 
     #[test]
     fn every_known_pre_tokenizer_regex_compiles() {
