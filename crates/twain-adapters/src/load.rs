@@ -113,8 +113,12 @@ impl LoraAdapter {
             Some("qwen2" | "qwen3") => Some(RopeLayout::HalfSplit),
             _ => None,
         };
-        let mut pairs: BTreeMap<String, [Option<String>; 2]> = BTreeMap::new();
-        for info in g.tensors() {
+        // Each half is kept by its index in the file's tensor list: looking a
+        // name up again (`tensor_info`) scans the list, quadratic over a
+        // file with many pairs.
+        let infos = g.tensors();
+        let mut pairs: BTreeMap<String, [Option<usize>; 2]> = BTreeMap::new();
+        for (index, info) in infos.iter().enumerate() {
             let (base, slot) = if let Some(b) = info.name.strip_suffix(".lora_a") {
                 (b, 0)
             } else if let Some(b) = info.name.strip_suffix(".lora_b") {
@@ -131,17 +135,18 @@ impl LoraAdapter {
                     name: info.name.clone(),
                 });
             }
-            pairs.entry(base.to_string()).or_default()[slot] = Some(info.name.clone());
+            pairs.entry(base.to_string()).or_default()[slot] = Some(index);
         }
         let mut ad = LoraAdapter::new()
             .with_source(&path)
             .with_rope_layout(layout);
         for (target, [a, b]) in pairs {
             let (a, b) = both(&path, &target, a, b, ".lora_a", ".lora_b")?;
-            let (ia, ib) = (g.tensor_info(&a).unwrap(), g.tensor_info(&b).unwrap());
+            let (ia, ib) = (&infos[a], &infos[b]);
+            let (a, b) = (&ia.name, &ib.name);
             let (sa, sb) = (ia.shape(), ib.shape());
-            let (r, cols) = matrix(&path, &a, &sa)?;
-            let (rows, rb) = matrix(&path, &b, &sb)?;
+            let (r, cols) = matrix(&path, a, &sa)?;
+            let (rows, rb) = matrix(&path, b, &sb)?;
             if rb != r {
                 return Err(AdapterError::RankMismatch {
                     path,
@@ -375,14 +380,14 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// Both halves of a pair, or which one is missing.
-fn both(
+fn both<T>(
     path: &Path,
     target: &str,
-    a: Option<String>,
-    b: Option<String>,
+    a: Option<T>,
+    b: Option<T>,
     sa: &str,
     sb: &str,
-) -> Result<(String, String), AdapterError> {
+) -> Result<(T, T), AdapterError> {
     match (a, b) {
         (Some(a), Some(b)) => Ok((a, b)),
         (None, _) => Err(AdapterError::MissingTensor {
