@@ -1,6 +1,6 @@
 //! twain native-file parser on arbitrary bytes: Ok or Err, never a panic. Seed corpus:
-//! `TWAIN_FUZZ_SEED_DIR=$PWD/fuzz/corpus/native cargo test -p twain-io --test corrupt`
-//! then `cargo +nightly fuzz run native corpus/native` from fuzz/.
+//! `TWAIN_FUZZ_SEED_DIR=$PWD/fuzz/libfuzzer/corpus/native cargo test -p twain-io --test corrupt`
+//! then `cargo +nightly fuzz run native corpus/native` from fuzz/libfuzzer.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,7 +1,7 @@
 //! GGUF parser, model mapping and dequantization on arbitrary bytes: Ok or Err, never a panic.
 //! Seed corpus: crates/twain-io/tests/fixtures/*.gguf
-//! (`mkdir -p corpus/gguf && cp ../crates/twain-io/tests/fixtures/*.gguf corpus/gguf/` then
-//! `cargo +nightly fuzz run gguf corpus/gguf` from fuzz/).
+//! (`mkdir -p corpus/gguf && cp ../../crates/twain-io/tests/fixtures/*.gguf corpus/gguf/` then
+//! `cargo +nightly fuzz run gguf corpus/gguf` from fuzz/libfuzzer).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
