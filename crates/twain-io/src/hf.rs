@@ -327,6 +327,19 @@ pub(crate) fn load_hf_dir(dir: &Path) -> Result<LoadedModel, IoError> {
         }
     };
     let config = parse_config(&cfg_path, &cfg_text, vocab_size)?;
+    // Each layer has several tensors: more layers than tensors is absurd, and checking a
+    // million missing layers one name at a time took seconds (found by fuzz/).
+    if config.n_layers > tensors.len() {
+        return Err(IoError::key(
+            &cfg_path,
+            "num_hidden_layers",
+            format!(
+                "{} layers but only {} tensors",
+                config.n_layers,
+                tensors.len()
+            ),
+        ));
+    }
     if config.tied_embeddings {
         // Some tied checkpoints still store lm_head; it is the embedding table.
         tensors.remove("output.weight");
