@@ -186,6 +186,11 @@ impl Tokenizer {
     /// `</s>`, `<|endoftext|>`, ...). Correct them with [`Tokenizer::set_special_tokens`] when
     /// the model's config says otherwise.
     pub fn from_json(json: &str) -> Result<Tokenizer> {
+        // `tokenizers` panics ("Helper") when the `decoder` value is malformed JSON (a
+        // truncated file): check the JSON itself first (found by fuzz/, docs/reliability.md).
+        let value = serde_json::from_str::<serde_json::Value>(json)
+            .map_err(|e| TokenizerError::Json(format!("tokenizer.json: {e}")))?;
+        check_bpe_prefix(&value)?;
         let inner = tokenizers::Tokenizer::from_str(json)
             .map_err(|e| TokenizerError::Json(e.to_string()))?;
         Self::from_pipeline(inner)
@@ -618,4 +623,32 @@ fn pipeline_piece_form(inner: &tokenizers::Tokenizer) -> PieceForm {
         return PieceForm::SentencePiece;
     }
     PieceForm::Plain
+}
+
+/// `tokenizers` cuts a BPE model's `continuing_subword_prefix` off the second piece of every
+/// merge unchecked and panics when that piece is shorter: check it first (found by fuzz/).
+fn check_bpe_prefix(v: &serde_json::Value) -> Result<()> {
+    let model = &v["model"];
+    let Some(prefix) = model["continuing_subword_prefix"].as_str() else {
+        return Ok(());
+    };
+    let Some(merges) = model["merges"].as_array() else {
+        return Ok(());
+    };
+    for m in merges {
+        let second = match m {
+            serde_json::Value::String(s) => s.split_once(' ').map(|(_, b)| b),
+            serde_json::Value::Array(a) => a.get(1).and_then(|b| b.as_str()),
+            _ => None,
+        };
+        if let Some(b) = second {
+            if b.len() < prefix.len() || !b.is_char_boundary(prefix.len()) {
+                return Err(TokenizerError::Json(format!(
+                    "tokenizer.json: merge {m} has a second piece {b:?} shorter than the \
+                     continuing_subword_prefix {prefix:?}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
