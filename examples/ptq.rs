@@ -7,7 +7,7 @@
 //!
 //! VARIANTS is `;`-separated, each `PRESET[+rot][+gptq|+act]` or
 //! `PRESET+rec` (what `twain convert` does), e.g. `afm;afm+gptq;afm+rec`;
-//! `+rres`, `+rdown`, `+rheads` turn on one rotation each; `+dyn` re-chooses group scales inside the sweep and `+damp` (after the rounding stage) damps H by 0.1 instead of 0.01.
+//! `+broad` calibrates on `calib::broad_calibration_tokens` (after `+rec`); `+rres`, `+rdown`, `+rheads` turn on one rotation each; `+dyn` re-chooses group scales inside the sweep and `+damp` (after the rounding stage) damps H by 0.1 instead of 0.01.
 //! Every variant measures its own calibration statistics (conversion time
 //! includes them); nearest rounding is weighted by them too.
 
@@ -80,6 +80,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     if let Some(g) = opts.error_feedback.as_mut() {
                         g.damp = 0.1;
                     }
+                }
+                "broad" => {
+                    opts.calibration =
+                        Some(twain_convert::calib::broad_calibration_tokens(&tokenizer)?)
                 }
                 "rot" => opts.rotate = Some(RotateOptions::default()),
                 "rres" | "rdown" | "rheads" => {

@@ -32,12 +32,45 @@ pub const CALIBRATION_TOKENS: usize = 8192;
 /// Window length of calibration forward passes.
 pub const CALIBRATION_WINDOW: usize = 512;
 
+/// The first ~40 kB (cut at a line) of each technical training file of
+/// `../shared/corpus` — the Python tutorial (technical prose), Python
+/// standard-library code, `serde_json` source — so calibration sees the kinds
+/// of text the evaluation files hold without ever reading them (those are
+/// `eval-*`: other HOWTOs, other modules, another crate).
+pub const TECHNICAL_TEXTS: [(&str, &str); 3] = [
+    (
+        "train-python-tutorial",
+        include_str!("../data/train-python-tutorial-head.txt"),
+    ),
+    (
+        "train-python-code",
+        include_str!("../data/train-python-code-head.txt"),
+    ),
+    (
+        "train-rust-code",
+        include_str!("../data/train-rust-code-head.txt"),
+    ),
+];
+
 /// The first [`CALIBRATION_TOKENS`] tokens of [`CALIBRATION_TEXT`] and of
 /// [`SELF_TEXT`], each cut to whole windows of [`CALIBRATION_WINDOW`] so no
 /// window spans both.
 pub fn calibration_tokens(tokenizer: &Tokenizer) -> Result<Vec<u32>, ConvertError> {
+    windows_of(tokenizer, &[CALIBRATION_TEXT, SELF_TEXT])
+}
+
+/// [`calibration_tokens`] plus the first [`CALIBRATION_TOKENS`] tokens of
+/// each of [`TECHNICAL_TEXTS`]: archaic prose, the model's own chat answers,
+/// technical prose, Python and Rust code.
+pub fn broad_calibration_tokens(tokenizer: &Tokenizer) -> Result<Vec<u32>, ConvertError> {
+    let mut texts = vec![CALIBRATION_TEXT, SELF_TEXT];
+    texts.extend(TECHNICAL_TEXTS.iter().map(|(_, t)| *t));
+    windows_of(tokenizer, &texts)
+}
+
+fn windows_of(tokenizer: &Tokenizer, texts: &[&str]) -> Result<Vec<u32>, ConvertError> {
     let mut all = Vec::new();
-    for text in [CALIBRATION_TEXT, SELF_TEXT] {
+    for &text in texts {
         let mut tokens = tokenizer.encode(text, false)?;
         let n = tokens.len().min(CALIBRATION_TOKENS);
         let n = if n >= CALIBRATION_WINDOW {
