@@ -310,19 +310,16 @@ pub(crate) fn save_checkpoint(
         ("fingerprint".to_string(), fp.to_string()),
     ]
     .into();
-    // Write beside, then rename: a failure (a full disk) leaves the earlier
-    // checkpoint as it was.
-    let tmp = path.with_extension("partial");
-    let r = safetensors::serialize_to_file(views, Some(meta), &tmp);
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(bad(
+    // A fresh temporary file beside the checkpoint (never an existing file or a symlink),
+    // flushed to disk and renamed into place: a failure (a full disk) leaves the earlier
+    // checkpoint as it was, and a symlink at `path` is replaced, not followed.
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| bad(path, e.to_string()))?;
+    twain_io::write_atomic(path, &bytes).map_err(|e| {
+        bad(
             path,
             format!("writing failed, the earlier checkpoint is kept: {e}"),
-        ));
-    }
-    std::fs::rename(&tmp, path)
-        .map_err(|e| bad(path, format!("renaming the new checkpoint: {e}")))?;
+        )
+    })?;
     Ok(())
 }
 

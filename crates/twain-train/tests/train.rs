@@ -475,26 +475,74 @@ fn bad_input_is_a_typed_error_and_keeps_the_checkpoint() {
         train(&student, &teacher, &data, &o2, go),
         Err(TrainError::Checkpoint { .. })
     ));
-    // A write that fails midway (here: the temporary file cannot be
-    // created, as on a full disk) is an error and the earlier checkpoint
-    // stays as it was.
-    let ckpt2 = dir.join("full-disk.ckpt");
+    // A write that fails (here: the checkpoint's directory turns into a
+    // file mid-run, so no temporary file can be created, as on a full disk)
+    // is an error and the earlier checkpoint stays as it was.
+    let sub = dir.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let ckpt2 = sub.join("full-disk.ckpt");
     let mut o3 = opts(5);
     o3.checkpoint = Some(ckpt2.clone());
     o3.checkpoint_every = std::time::Duration::ZERO;
     let fresh = Student::new(&base, Targets::default()).unwrap();
     let mut kept = Vec::new();
+    let moved = dir.join("sub-moved");
     let e = train(&fresh, &teacher, &data, &o3, &mut |p| {
         if p.step == 2 {
             kept = std::fs::read(&ckpt2).unwrap();
-            std::fs::create_dir_all(ckpt2.with_extension("partial")).unwrap();
+            std::fs::rename(&sub, &moved).unwrap();
+            std::fs::write(&sub, b"a file").unwrap();
         }
         ControlFlow::Continue(())
     })
     .unwrap_err();
     assert!(matches!(e, TrainError::Checkpoint { .. }), "{e}");
-    assert_eq!(twain_train::Checkpoint::peek(&ckpt2).unwrap().step, 2);
-    assert_eq!(std::fs::read(&ckpt2).unwrap(), kept);
+    assert!(e.to_string().contains("earlier checkpoint is kept"), "{e}");
+    let old = moved.join("full-disk.ckpt");
+    assert_eq!(twain_train::Checkpoint::peek(&old).unwrap().step, 2);
+    assert_eq!(std::fs::read(&old).unwrap(), kept);
+    // A symlink planted at the checkpoint's name is replaced, not followed:
+    // the file it pointed at is untouched, and no temporary file is left.
+    #[cfg(unix)]
+    {
+        let linked = dir.join("linked");
+        std::fs::create_dir_all(&linked).unwrap();
+        let victim = dir.join("victim.txt");
+        std::fs::write(&victim, b"not yours").unwrap();
+        let ckpt3 = linked.join("run.ckpt");
+        std::os::unix::fs::symlink(&victim, &ckpt3).unwrap();
+        let mut o4 = opts(3);
+        o4.checkpoint = Some(ckpt3.clone());
+        let s4 = Student::new(&base, Targets::default()).unwrap();
+        // It reads as no checkpoint: a typed error, and the file is untouched.
+        let e = train(&s4, &teacher, &data, &o4, go).unwrap_err();
+        assert!(matches!(e, TrainError::Checkpoint { .. }), "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"not yours");
+        // A dangling link: the run starts afresh and the link's target is
+        // never created.
+        std::fs::remove_file(&ckpt3).unwrap();
+        let absent = dir.join("absent.txt");
+        std::os::unix::fs::symlink(&absent, &ckpt3).unwrap();
+        // A link planted at a guessable temporary name is not followed either.
+        std::os::unix::fs::symlink(&victim, linked.join("run.partial")).unwrap();
+        train(&s4, &teacher, &data, &o4, go).unwrap();
+        assert!(!absent.exists());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"not yours");
+        assert!(!std::fs::symlink_metadata(&ckpt3)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(twain_train::Checkpoint::peek(&ckpt3).unwrap().step, 3);
+        let mut names: Vec<_> = std::fs::read_dir(&linked)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["run.ckpt", "run.partial"].map(std::ffi::OsString::from)
+        );
+    }
     // A file that is not a checkpoint.
     std::fs::write(&ckpt, b"not a checkpoint").unwrap();
     assert!(matches!(
