@@ -377,7 +377,7 @@ mod x86 {
         out: &mut [f32],
     ) {
         let d = x.len();
-        // SAFETY (whole body): the caller asserted rows.len() >= (n-1)*stride + d
+        // SAFETY: (whole body) the caller asserted rows.len() >= (n-1)*stride + d
         // and scales.len() > (n-1)*scale_stride; every load below reads
         // rows[t*stride + c .. + 16] with c + 16 <= d and x[c .. c + 16].
         unsafe {
@@ -407,7 +407,7 @@ mod x86 {
         y: &mut [f32],
     ) {
         let d = y.len();
-        // SAFETY (whole body): bounds as asserted by the caller; y chunks of
+        // SAFETY: (whole body) bounds as asserted by the caller; y chunks of
         // 64 (or the 16-multiple tail) stay inside y, row loads inside rows.
         unsafe {
             let mut c = 0;
@@ -462,7 +462,7 @@ mod x86 {
         out: &mut [f32],
     ) {
         let d = x.len();
-        // SAFETY (whole body): bounds as asserted by the caller; every load
+        // SAFETY: (whole body) bounds as asserted by the caller; every load
         // reads rows[t*stride + c .. + 8] with c + 8 <= d and x[c .. c + 8].
         unsafe {
             let n = out.len();
@@ -507,7 +507,7 @@ mod x86 {
         y: &mut [f32],
     ) {
         let d = y.len();
-        // SAFETY (whole body): bounds as asserted by the caller; y chunks of
+        // SAFETY: (whole body) bounds as asserted by the caller; y chunks of
         // 64 (or the 8-multiple tail) stay inside y, row loads inside rows.
         unsafe {
             let mut c = 0;
@@ -668,7 +668,7 @@ mod x86 {
     ) {
         let t_max = limits.iter().copied().max().unwrap_or(0);
         let (qt, ot, s, lim) = lanes_in::<16>(q, q_stride, d, limits, scratch);
-        // SAFETY (whole body): k and v hold t_max * d values (asserted by the
+        // SAFETY: (whole body) k and v hold t_max * d values (asserted by the
         // caller), qt and ot d * 16, s t_max * 16; every access below stays inside.
         unsafe {
             let lim = _mm512_loadu_si512(lim.as_ptr() as *const _);
@@ -762,7 +762,7 @@ mod x86 {
     ) {
         let t_max = limits.iter().copied().max().unwrap_or(0);
         let (qt, ot, s, lim) = lanes_in::<8>(q, q_stride, d, limits, scratch);
-        // SAFETY (whole body): k and v hold t_max * d values (asserted by the
+        // SAFETY: (whole body) k and v hold t_max * d values (asserted by the
         // caller), qt and ot d * 8, s t_max * 8; every access below stays inside.
         unsafe {
             let lim = _mm256_loadu_si256(lim.as_ptr() as *const __m256i);

@@ -5,7 +5,7 @@
 //!   with every Q2 matrix fake-quantized ([`fakequant`]): the forward is
 //!   exactly twain's dequantized grid, gradients are straight-through for
 //!   the weights and LSQ's for the group scales (learnable clipping).
-//! * [`train`]: end-to-end distillation, the KL divergence from the f32
+//! * [`train`](mod@train): end-to-end distillation, the KL divergence from the f32
 //!   teacher's full next-token distribution (teacher logits from twain-core's
 //!   fast forward, on the fly), Adam, checkpoints every few minutes and
 //!   resume with the same result as an uninterrupted run.

@@ -1,11 +1,11 @@
 //! AVX2 + FMA + F16C kernels.
 //!
 //! Q2 and Q4 rows run a pair of blocks (64 weights) per step: codes are
-//! unpacked to 2 x 32 unsigned bytes in [`PairOrder::Half`], multiplied with
+//! unpacked to 2 x 32 unsigned bytes in `PairOrder::Half`, multiplied with
 //! the int8 activations by two `vpmaddubsw`, added as int16 (no overflow: at
 //! most 4 x 15 x 127 x 2) and widened by one `vpmaddwd` into 8 int32 lanes,
 //! 4 per block. Four pairs (a group of 8 blocks) are folded by three `vphaddd`
-//! into one vector of 8 block sums in [`GROUP_ORDER`], which is seeded with the
+//! into one vector of 8 block sums in `GROUP_ORDER`, which is seeded with the
 //! blocks' offset terms, converted to f32 once and multiplied by the 8 blocks'
 //! weight-times-activation scales: the float work is per 8 blocks, not per block.
 //!
