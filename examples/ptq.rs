@@ -7,7 +7,7 @@
 //!
 //! VARIANTS is `;`-separated, each `PRESET[+rot][+gptq|+act]` or
 //! `PRESET+rec` (what `twain convert` does), e.g. `afm;afm+gptq;afm+rec`;
-//! `+broad` calibrates on `calib::broad_calibration_tokens` (after `+rec`); `+rres`, `+rdown`, `+rheads` turn on one rotation each; `+dyn` re-chooses group scales inside the sweep and `+damp` (after the rounding stage) damps H by 0.1 instead of 0.01.
+//! `+broad` calibrates on `calib::broad_calibration_tokens` (the default since issue 32), `+narrow` on the KJV + chat set before it (after `+rec`); `+rres`, `+rdown`, `+rheads` turn on one rotation each; `+dyn` re-chooses group scales inside the sweep and `+damp` (after the rounding stage) damps H by 0.1 instead of 0.01.
 //! Every variant measures its own calibration statistics (conversion time
 //! includes them); nearest rounding is weighted by them too.
 
@@ -84,6 +84,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "broad" => {
                     opts.calibration =
                         Some(twain_convert::calib::broad_calibration_tokens(&tokenizer)?)
+                }
+                "narrow" => {
+                    opts.calibration = Some(twain_convert::calib::kjv_chat_calibration_tokens(
+                        &tokenizer,
+                    )?)
                 }
                 "rot" => opts.rotate = Some(RotateOptions::default()),
                 "rres" | "rdown" | "rheads" => {

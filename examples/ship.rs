@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // the conversion weighs the embedding's rounding by them.
             let source = twain_io::load_model(&a[2])?;
             let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&source)?;
-            let tokens = twain_convert::calib::calibration_tokens(&tokenizer)?;
+            let tokens = twain_convert::calib::kjv_chat_calibration_tokens(&tokenizer)?;
             let f32m = twain_convert::calib::load_reference(a[2].as_ref())?;
             let h = twain_convert::hessian::collect(&f32m, &tokens, 512, |_, _| {})?;
             let w = h

@@ -22,7 +22,7 @@ pub const DEFAULT_PRESET: Preset = Preset::Q4;
 
 /// Bumped whenever a conversion of the default model would produce different
 /// bytes (format layouts, quantizer changes), so stale caches are not reused.
-pub const DEFAULT_CACHE_VERSION: u32 = 3;
+pub const DEFAULT_CACHE_VERSION: u32 = 4;
 
 /// How to load a model.
 pub struct LoadOptions<'a> {
@@ -396,7 +396,7 @@ pub fn is_gguf(path: &Path) -> bool {
 /// Bumped whenever [`cached_conversion`] would write different bytes for
 /// the same source and settings (it is combined with
 /// [`twain_io::keep::KEEP_VERSION`] in every cache key).
-pub const CONVERTER_VERSION: u32 = 1;
+pub const CONVERTER_VERSION: u32 = 2;
 
 /// The converter version recorded in (and required of) a cached conversion.
 fn converter_version() -> String {
