@@ -5,7 +5,10 @@
 //! gone to sleep costs a futex wake-up, about as long as the work itself on a
 //! small model. Here the helpers spin on a generation counter for a while
 //! after each job (`SPIN`), so back-to-back jobs start in well under a
-//! microsecond, and block on a condition variable when decode stops.
+//! microsecond, and block on a condition variable when decode stops. Every
+//! wait spins without yielding only for `SPIN_ALONE` (20 µs) and then
+//! yields between rounds, so many sessions on few cores do not burn the
+//! cores their own helpers need.
 //!
 //! One job runs at a time: a second caller that finds the pool busy runs its
 //! job on its own thread ([`run`] returns false and does nothing).
@@ -17,6 +20,32 @@ use std::time::{Duration, Instant};
 
 /// How long an idle helper spins before it blocks.
 const SPIN: Duration = Duration::from_micros(200);
+
+/// How long a waiter (an idle helper, or the caller waiting for its job's
+/// parts) spins without giving up its core. After that it yields between
+/// rounds, so when more threads want the cores than there are (many
+/// sessions on few cores) a spinning waiter hands its time slice to the
+/// thread it waits for, or to another session, instead of burning it. On an
+/// idle machine `yield_now` returns at once and nothing changes.
+const SPIN_ALONE: Duration = Duration::from_micros(20);
+
+/// Spin until `ready`, yielding the core between rounds after [`SPIN_ALONE`].
+fn wait_until(ready: impl Fn() -> bool) {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    let mut yielding = false;
+    while !ready() {
+        if yielding {
+            std::thread::yield_now();
+            continue;
+        }
+        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(256) && start.elapsed() > SPIN_ALONE {
+            yielding = true;
+        }
+    }
+}
 
 /// Most helpers the pool starts.
 const MAX_HELPERS: usize = 63;
@@ -101,10 +130,21 @@ impl Shared {
             // Spin for a new job, then block.
             let start = Instant::now();
             let mut spins = 0u32;
+            let mut yielding = false;
             while self.generation.load(SeqCst) == seen {
-                std::hint::spin_loop();
                 spins = spins.wrapping_add(1);
-                if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
+                if yielding {
+                    // Past the short spin: let other threads have the core.
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+                if !spins.is_multiple_of(64) {
+                    continue;
+                }
+                let waited = start.elapsed();
+                yielding = waited > SPIN_ALONE;
+                if waited > SPIN {
                     let mut g = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
                     self.sleepers.fetch_add(1, SeqCst);
                     while self.generation.load(SeqCst) == seen {
@@ -170,13 +210,9 @@ pub(crate) fn run(threads: usize, parts: usize, f: &(dyn Fn(usize) + Sync)) -> b
         p.wake.notify_all();
     }
     p.work(f);
-    while p.done.load(SeqCst) < parts {
-        std::hint::spin_loop();
-    }
+    wait_until(|| p.done.load(SeqCst) >= parts);
     p.open.store(false, SeqCst);
-    while p.active.load(SeqCst) != 0 {
-        std::hint::spin_loop();
-    }
+    wait_until(|| p.active.load(SeqCst) == 0);
     // SAFETY: helpers are out of the job (`active == 0`) and no new one can
     // join (`open == false`).
     unsafe { *p.task.get() = None };
