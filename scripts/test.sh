@@ -14,3 +14,9 @@ echo "== cargo test"
 cargo test --workspace --locked
 echo "== the shipped recovered models reassemble under another kernel family"
 TWAIN_QUANT_BACKEND=avx2 cargo test --locked -p twain --test shipped
+echo "== feature sets: twain-io without the fetch, the facade without the bundled model"
+RUSTFLAGS="-D warnings" cargo check --locked -p twain-io --no-default-features
+RUSTFLAGS="-D warnings" cargo check --locked -p twain --no-default-features
+RUSTFLAGS="-D warnings" cargo check --locked -p twain --no-default-features --features core
+echo "== the cargo-fuzz targets compile (without libFuzzer's C++)"
+(cd fuzz/libfuzzer && RUSTFLAGS="-D warnings" cargo check --no-default-features --bins)

@@ -359,7 +359,7 @@ fn load_engine(args: &ModelArgs, skip: bool) -> Res<Engine> {
             kv_share,
             ..Default::default()
         };
-        path = cached_conversion(&path, &twain_io::fetch::cache_dir(), conv, Some(&mut cb))
+        path = cached_conversion(&path, &twain_io::cache_dir(), conv, Some(&mut cb))
             .map_err(|e| format!("{}: {e}", path.display()))?;
         drop(cb);
         pb.finish_and_clear();

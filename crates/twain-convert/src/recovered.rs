@@ -215,5 +215,13 @@ pub fn assemble(path: &Path, source: &LoadedModel) -> Result<LoadedModel, Conver
 /// The id a patch against the pack at `path` records: the pack file's
 /// sha256.
 pub fn pack_id(path: &Path) -> Result<String, ConvertError> {
-    Ok(twain_io::fetch::sha256_file(path)?)
+    sha256_file(path)
+}
+
+/// The sha256 of the file at `path`, in hex, read in a stream.
+pub fn sha256_file(path: &Path) -> Result<String, ConvertError> {
+    let mut f = std::fs::File::open(path).map_err(|e| shipped(path, e.to_string()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| shipped(path, e.to_string()))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

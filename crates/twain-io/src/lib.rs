@@ -10,7 +10,8 @@
 //!   under canonical GGUF-style names (see [`LoadedModel`]).
 //! - [`keep`]: a GGUF file at its own precision (Q8_0 and Q4_0 re-laid out bit-exactly, other
 //!   types widened), for loading without re-quantizing.
-//! - [`fetch`]: the default model, downloaded once into a cache.
+//! - [`fetch`] (feature `fetch`, on by default): the default model, downloaded once into the
+//!   cache directory ([`cache_dir`]).
 //!
 //! ```
 //! use twain_io::{GgufFile, MetaValue, gguf::write_gguf};
@@ -27,8 +28,10 @@
 
 pub mod atomic;
 mod backing;
+mod cache;
 pub mod config;
 mod error;
+#[cfg(feature = "fetch")]
 pub mod fetch;
 pub mod ggml;
 pub mod gguf;
@@ -43,6 +46,7 @@ use std::io::Read;
 use std::path::Path;
 
 pub use atomic::{write_atomic, write_atomic_with, AtomicFile};
+pub use cache::cache_dir;
 pub use config::{ModelConfig, RopeLayout, RopeScaling};
 pub use error::IoError;
 pub use ggml::GgmlType;

@@ -255,19 +255,6 @@ pub fn write_native(
     Ok(bytes_total)
 }
 
-/// A temporary sibling of `path`, unique per process and call.
-pub(crate) fn tmp_path(path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let mut name = path
-        .file_name()
-        .map(|s| s.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp.{}.{n}", std::process::id()));
-    path.with_file_name(name)
-}
-
 /// Whether the first bytes of a file look like a twain native file (a safetensors header that
 /// starts with the twain `__metadata__`... or at least a safetensors header; the full check is
 /// [`read_native`]).

