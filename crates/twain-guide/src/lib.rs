@@ -75,4 +75,4 @@ pub use matcher::Matcher;
 pub use partial::{complete_partial_json, extends, PartialJson};
 pub use twain_model::TokenId;
 pub use twain_sample::TokenMask;
-pub use vocabulary::{TokenBytes, Vocabulary};
+pub use vocabulary::{TokenBytes, Vocabulary, CLOSERS, STRING_CLOSERS};

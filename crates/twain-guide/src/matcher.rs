@@ -14,6 +14,33 @@ pub struct Matcher {
     inner: llguidance::Matcher,
     vocab: Arc<Vocabulary>,
     consumed: usize,
+    /// JSON lexical state after each consumed token (whether inside a
+    /// string), for [`closing_path`](Self::closing_path)'s choices.
+    lex: Vec<Lex>,
+}
+
+/// Where a JSON text is, lexically: inside a string, after a backslash.
+#[derive(Clone, Copy, Default, Debug)]
+struct Lex {
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Lex {
+    fn after(mut self, bytes: &[u8]) -> Lex {
+        for &b in bytes {
+            if !self.in_string {
+                self.in_string = b == b'"';
+            } else if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+            }
+        }
+        self
+    }
 }
 
 impl std::fmt::Debug for Matcher {
@@ -36,7 +63,27 @@ impl Matcher {
             inner,
             vocab,
             consumed: 0,
+            lex: Vec::new(),
         }
+    }
+
+    fn lex_now(&self) -> Lex {
+        self.lex.last().copied().unwrap_or_default()
+    }
+
+    /// Consume `token` in llguidance and track the lexical state.
+    fn advance(&mut self, token: TokenId) -> Result<(), GuideError> {
+        self.inner.consume_token(token).map_err(matcher_err)?;
+        let next = self.lex_now().after(self.vocab.token_bytes(token));
+        self.lex.push(next);
+        Ok(())
+    }
+
+    /// Undo `n` tokens in llguidance and the lexical state.
+    fn retreat(&mut self, n: usize) -> Result<(), GuideError> {
+        self.inner.rollback(n).map_err(matcher_err)?;
+        self.lex.truncate(self.lex.len().saturating_sub(n));
+        Ok(())
     }
 
     /// The vocabulary this matcher works over.
@@ -94,7 +141,7 @@ impl Matcher {
             }
             Err(e) => return Err(matcher_err(e)),
         }
-        self.inner.consume_token(token).map_err(matcher_err)?;
+        self.advance(token)?;
         self.consumed += 1;
         Ok(())
     }
@@ -113,6 +160,85 @@ impl Matcher {
             return Vec::new();
         }
         self.inner.compute_ff_tokens()
+    }
+
+    /// A short way to finish from here: tokens which, consumed in order, reach
+    /// a state where the output may end; `None` when none is found within
+    /// `limit` tokens (or the constraint is stuck). The state is unchanged.
+    ///
+    /// The path is greedy, so its length is an upper bound on the fewest
+    /// tokens that finish: at each state it takes the forced tokens, else the
+    /// first allowed of the vocabulary's closers (`"}`, `"` inside a string, `}`, `]`,
+    /// `0`, `null`, ... — see [`Vocabulary::closers`]), else the lowest allowed
+    /// id. The same state always gives the same path, so following it
+    /// shortens it by one token per step.
+    pub fn closing_path(&mut self, limit: usize) -> Result<Option<Vec<TokenId>>, GuideError> {
+        if let Some(e) = self.inner.get_error() {
+            return Err(GuideError::Matcher(e));
+        }
+        let mut path = Vec::new();
+        let found = self.walk_to_close(limit, &mut path);
+        if !path.is_empty() {
+            self.retreat(path.len())?;
+        }
+        Ok(found?.then_some(path))
+    }
+
+    /// [`closing_path`](Self::closing_path)'s walk; consumes what it pushes.
+    fn walk_to_close(&mut self, limit: usize, path: &mut Vec<TokenId>) -> Result<bool, GuideError> {
+        loop {
+            if self.inner.is_accepting().map_err(matcher_err)? {
+                return Ok(true);
+            }
+            if path.len() >= limit || self.inner.is_stopped() {
+                return Ok(false);
+            }
+            let forced: Vec<TokenId> = self
+                .inner
+                .compute_ff_tokens()
+                .into_iter()
+                .take_while(|&t| !self.vocab.is_stop(t))
+                .collect();
+            let next = if forced.is_empty() {
+                match self.pick_closer()? {
+                    Some(t) => vec![t],
+                    None => return Ok(false),
+                }
+            } else {
+                forced
+            };
+            for t in next {
+                if path.len() >= limit {
+                    return Ok(false);
+                }
+                self.advance(t)?;
+                path.push(t);
+            }
+        }
+    }
+
+    /// The first allowed closer, else the lowest allowed id that is not a
+    /// stop token.
+    fn pick_closer(&mut self) -> Result<Option<TokenId>, GuideError> {
+        let in_string = self.lex_now().in_string;
+        let vocab = self.vocab.clone();
+        for c in vocab.closers(in_string) {
+            if self.inner.validate_tokens(&[c]).map_err(matcher_err)? == 1 {
+                return Ok(Some(c));
+            }
+        }
+        let vob = self.inner.compute_mask().map_err(matcher_err)?;
+        for (i, &w) in vob.as_slice().iter().enumerate() {
+            let mut w = w;
+            while w != 0 {
+                let t = (i * 32) as TokenId + w.trailing_zeros();
+                if (t as usize) < self.vocab.vocab_size() && !self.vocab.is_stop(t) {
+                    return Ok(Some(t));
+                }
+                w &= w - 1;
+            }
+        }
+        Ok(None)
     }
 
     /// Whether the output may end here (a stop token would be allowed).
@@ -144,7 +270,7 @@ impl Matcher {
                 self.consumed
             )));
         }
-        self.inner.rollback(n).map_err(matcher_err)?;
+        self.retreat(n)?;
         self.consumed -= n;
         Ok(())
     }
@@ -152,6 +278,7 @@ impl Matcher {
     /// Back to the start of the output.
     pub fn reset(&mut self) -> Result<(), GuideError> {
         self.inner.reset().map_err(matcher_err)?;
+        self.lex.clear();
         self.consumed = 0;
         Ok(())
     }

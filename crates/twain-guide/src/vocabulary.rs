@@ -39,6 +39,30 @@ impl TokenBytes {
     }
 }
 
+/// Texts that finish a JSON value soonest outside a string, best first:
+/// close a container, the shortest scalars and empty containers, then what
+/// opens or continues one. [`Matcher::closing_path`] tries them in order.
+pub const CLOSERS: &[&str] = &[
+    "}", "]", "0", "\"\"", "[]", "{}", "null", "false", "true", "1", "\"", ",", ":", "[", "{", "a",
+    "-", ".", " ",
+];
+
+/// The same inside a string: close it (and its container), tried before
+/// [`CLOSERS`].
+pub const STRING_CLOSERS: &[&str] = &["\"}", "\"]", "\""];
+
+/// The ids of `texts` in `words` (special tokens carry a marker byte and
+/// never match), in the order of `texts`.
+fn ids_of(texts: &[&str], words: &[Vec<u8>]) -> Vec<TokenId> {
+    let mut ids: Vec<Option<TokenId>> = vec![None; texts.len()];
+    for (id, w) in words.iter().enumerate() {
+        if let Some(k) = texts.iter().position(|c| c.as_bytes() == w.as_slice()) {
+            ids[k].get_or_insert(id as TokenId);
+        }
+    }
+    ids.into_iter().flatten().collect()
+}
+
 type EncodeFn = dyn Fn(&str) -> Result<Vec<TokenId>, String> + Send + Sync;
 
 /// llguidance's view of the tokenizer: the trie plus the encode function
@@ -66,6 +90,9 @@ pub struct Vocabulary {
     factory: ParserFactory,
     vocab_size: usize,
     stop_tokens: Vec<TokenId>,
+    closers: Vec<TokenId>,
+    string_closers: Vec<TokenId>,
+    env: TokEnv,
 }
 
 impl std::fmt::Debug for Vocabulary {
@@ -124,6 +151,8 @@ impl Vocabulary {
                 }
             })
             .collect();
+        let closers = ids_of(CLOSERS, &words);
+        let string_closers = ids_of(STRING_CLOSERS, &words);
         let mut stops = stop_tokens.to_vec();
         stops.dedup();
         let info = TokRxInfo::new(vocab_size as u32, stops[0]);
@@ -133,9 +162,9 @@ impl Vocabulary {
                 trie,
                 encode: Box::new(encode),
             });
-            ParserFactory::new_simple(&env)
+            ParserFactory::new_simple(&env).map(|f| (f, env))
         }));
-        let mut factory = match built {
+        let (mut factory, env) = match built {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => return Err(GuideError::Vocabulary(e.to_string())),
             Err(_) => {
@@ -149,6 +178,9 @@ impl Vocabulary {
             factory,
             vocab_size,
             stop_tokens: stops,
+            closers,
+            string_closers,
+            env,
         }))
     }
 
@@ -160,6 +192,19 @@ impl Vocabulary {
     /// The tokens that end the output.
     pub fn stop_tokens(&self) -> &[TokenId] {
         &self.stop_tokens
+    }
+
+    /// The tokens [`Matcher::closing_path`] tries, in order: the ids of
+    /// [`STRING_CLOSERS`] (inside a JSON string only), then of [`CLOSERS`]
+    /// (those the vocabulary has).
+    pub fn closers(&self, in_string: bool) -> impl Iterator<Item = TokenId> + '_ {
+        let first: &[TokenId] = if in_string { &self.string_closers } else { &[] };
+        first.iter().chain(&self.closers).copied()
+    }
+
+    /// The bytes of `token` (special tokens: a marker byte and their name).
+    pub(crate) fn token_bytes(&self, token: TokenId) -> &[u8] {
+        self.env.tok_trie().token(token)
     }
 
     /// Whether `token` ends the output.

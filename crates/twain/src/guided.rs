@@ -564,7 +564,19 @@ pub struct GuidedGeneration<'a, M: Model> {
     text: String,
     finished: bool,
     scratch: Vec<f32>,
+    /// Length of the last closing path found ([`Matcher::closing_path`]),
+    /// `None` when none was found.
+    close_est: Option<usize>,
+    /// Steps since the closing path was last measured.
+    since_check: usize,
 }
+
+/// Outside the closing window the closing path is measured every this many
+/// steps.
+const CLOSE_CHECK_EVERY: usize = 8;
+/// The closing window: every step is checked once the budget left is at
+/// most twice the closing path plus this many tokens.
+const CLOSE_SLACK: usize = 32;
 
 impl<M: Model> GuidedGeneration<'_, M> {
     /// The text so far.
@@ -647,13 +659,33 @@ impl<M: Model> GuidedGeneration<'_, M> {
             return Err(GuideError::Matcher(e).into());
         }
         if self.produced >= self.opts.max_tokens {
-            self.finish(EndReason::MaxTokens);
+            // The budget is spent; a value that may end here is complete.
+            let end = if self.matcher.is_accepting() {
+                EndReason::EndOfTurn
+            } else {
+                EndReason::MaxTokens
+            };
+            self.finish(end);
             return Ok(());
+        }
+        // Budget-aware decoding: near the end of the budget, keep a way to
+        // close the value within what is left ([`Matcher::closing_path`]).
+        let room = self.opts.max_tokens - self.produced;
+        self.since_check += 1;
+        let in_window = self.close_est.is_some_and(|d| room <= 2 * d + CLOSE_SLACK);
+        let mut fallback = None;
+        if in_window || self.since_check >= CLOSE_CHECK_EVERY {
+            self.since_check = 0;
+            let path = self.matcher.closing_path(room)?;
+            self.close_est = path.as_ref().map(Vec::len);
+            if self.close_est.is_some_and(|d| room <= 2 * d + CLOSE_SLACK) {
+                fallback = path.map(|p| p.first().copied());
+            }
         }
         self.matcher.fill_mask(&mut self.mask)?;
         self.scratch.clear();
         self.scratch.extend_from_slice(self.logits);
-        let tok = self
+        let mut tok = self
             .sampler
             .sample_masked(&mut self.scratch, self.tokens, &self.mask)
             .map_err(Error::from)?;
@@ -662,6 +694,24 @@ impl<M: Model> GuidedGeneration<'_, M> {
             return Ok(());
         }
         self.matcher.consume(tok)?;
+        if let Some(first) = fallback {
+            // Keep the sampled token only if the value can still close in
+            // the budget after it; else take the closing path's first token
+            // (or end here, when the value is already complete).
+            if self.matcher.closing_path(room - 1)?.is_none() {
+                self.matcher.rollback(1)?;
+                match first {
+                    Some(t) => {
+                        self.matcher.consume(t)?;
+                        tok = t;
+                    }
+                    None => {
+                        self.finish(EndReason::EndOfTurn);
+                        return Ok(());
+                    }
+                }
+            }
+        }
         self.emit(tok)?;
         self.to_feed.push(tok);
         // Text the grammar forces (the rest of a key, a separator) costs one
@@ -888,6 +938,8 @@ impl<M: Model> Session<M> {
             text: String::new(),
             finished: false,
             scratch: Vec::new(),
+            close_est: None,
+            since_check: CLOSE_CHECK_EVERY,
         })
     }
 

@@ -251,12 +251,15 @@ fn max_string_length_bounds_free_strings() {
     };
     let v = s.respond_json("x", &schema, o).unwrap();
     assert_eq!(v, json!({"t": "     "}));
-    // Without the cap the string runs until the budget.
-    let r = s.respond_json("x", &schema, GuidedOptions::max_tokens(64));
-    assert!(
-        matches!(r, Err(GuidedError::Incomplete { tokens: 64, .. })),
-        "{r:?}"
-    );
+    // Without the cap the string runs until the budget, and budget-aware
+    // decoding closes it there.
+    let v = s
+        .respond_json("x", &schema, GuidedOptions::max_tokens(64))
+        .unwrap();
+    let t = v["t"].as_str().unwrap();
+    assert!(t.len() >= 3 && t.trim().is_empty(), "{v}");
+    let answer = &s.transcript().last().unwrap().content;
+    assert!(answer.len() <= 64 && answer.len() + 2 >= 64, "{answer}");
 }
 
 struct Echo;
@@ -454,6 +457,62 @@ fn recursive_schemas_are_described_and_generated_in_bounded_time() {
     let r = s.respond_as::<Tree>("x", o);
     assert!(
         matches!(r, Ok(_) | Err(GuidedError::Incomplete { .. })),
+        "{r:?}"
+    );
+}
+
+/// The flat model never closes a free string (a space sorts before the
+/// quote) nor an array (a comma sorts before the bracket): without
+/// budget-aware decoding every budget ends in `MaxTokens`. With it, every
+/// budget from the shortest value's length up gives a valid, finished value,
+/// and a budget below it is a typed `Incomplete`.
+#[test]
+fn every_budget_that_fits_the_shortest_value_gives_a_finished_value() {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "integer"}},
+            "note": {"type": "string"}
+        },
+        "required": ["name", "tags", "note"],
+        "additionalProperties": false
+    });
+    let shortest = r#"{"name": "", "tags": [], "note": ""}"#.len();
+    let loose = || GuidedOptions {
+        describe_schema: false,
+        ..GuidedOptions::default()
+    };
+    for budget in shortest..shortest + 40 {
+        let mut s = session();
+        let mut o = loose();
+        o.generate.max_tokens = budget;
+        let v = s
+            .respond_json("x", &schema, o)
+            .unwrap_or_else(|e| panic!("budget {budget}: {e}"));
+        let obj = v.as_object().unwrap();
+        assert!(obj["name"].is_string() && obj["note"].is_string(), "{v}");
+        assert!(
+            obj["tags"].as_array().unwrap().iter().all(Value::is_i64),
+            "{v}"
+        );
+        // The whole budget is used: the free parts run until they must close.
+        let answer = &s.transcript().last().unwrap().content;
+        assert!(answer.len() <= budget, "{budget}: {answer}");
+        assert!(answer.len() + 2 >= budget, "{budget}: {answer}");
+    }
+    let mut s = session();
+    let mut o = loose();
+    o.generate.max_tokens = shortest - 1;
+    let r = s.respond_json("x", &schema, o);
+    assert!(
+        matches!(
+            r,
+            Err(GuidedError::Incomplete {
+                reason: EndReason::MaxTokens,
+                ..
+            })
+        ),
         "{r:?}"
     );
 }
