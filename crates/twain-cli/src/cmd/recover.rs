@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use twain_train::{reconstruct, train, BlockLoss, BlockOptions, Student, Targets, TrainOptions};
 
-use crate::Res;
+use crate::common::parse_share;
 
 #[derive(clap::Args)]
 pub(crate) struct RecoverArgs {
@@ -93,7 +94,7 @@ pub(crate) struct RecoverArgs {
     resume: bool,
 }
 
-pub(crate) fn run(a: RecoverArgs) -> Res<()> {
+pub(crate) fn run(a: RecoverArgs) -> anyhow::Result<()> {
     let mut targets = Targets::none();
     for t in a.train.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         match t {
@@ -102,9 +103,7 @@ pub(crate) fn run(a: RecoverArgs) -> Res<()> {
             "norms" => targets.norms = true,
             "rows" => targets.rows = true,
             other => {
-                return Err(format!(
-                    "--train: unknown target {other:?} (weights, scales, norms, rows)"
-                ))
+                bail!("--train: unknown target {other:?} (weights, scales, norms, rows)")
             }
         }
     }
@@ -114,14 +113,12 @@ pub(crate) fn run(a: RecoverArgs) -> Res<()> {
             "block" if !distill => block = true,
             "distill" => distill = true,
             other => {
-                return Err(format!(
-                    "--stages: {other:?} is not a stage here (block, distill, in that order)"
-                ))
+                bail!("--stages: {other:?} is not a stage here (block, distill, in that order)")
             }
         }
     }
     if !block && !distill {
-        return Err("--stages: no stage (block, distill)".into());
+        bail!("--stages: no stage (block, distill)");
     }
     let checkpoint = a
         .checkpoint
@@ -133,22 +130,22 @@ pub(crate) fn run(a: RecoverArgs) -> Res<()> {
         .filter_map(|(on, p)| on.then_some(p))
         .collect();
     if let (Some(p), false) = (ours.iter().find(|p| p.exists()), a.resume) {
-        return Err(format!(
+        bail!(
             "{} exists: pass --resume to continue that run, or remove it",
             p.display()
-        ));
+        );
     }
     if a.resume && !ours.iter().any(|p| p.exists()) {
-        return Err(format!(
+        bail!(
             "--resume: no checkpoint at {}",
             ours.iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(" or ")
-        ));
+        );
     }
-    let mut base = twain_io::load_model(&a.student).map_err(|e| e.to_string())?;
-    if let Some((x, y)) = crate::parse_share(&a.kv_share)? {
+    let mut base = twain_io::load_model(&a.student)?;
+    if let Some((x, y)) = parse_share(&a.kv_share)? {
         if base
             .config
             .kv_source
@@ -156,32 +153,32 @@ pub(crate) fn run(a: RecoverArgs) -> Res<()> {
             .enumerate()
             .any(|(l, &s)| s != l)
         {
-            return Err(format!(
+            bail!(
                 "--kv-share {x}:{y}: {} already shares K/V",
                 a.student.display()
-            ));
+            );
         }
         let plan = twain_core::KvPlan::shared(base.config.n_layers, x, y)
-            .map_err(|e| format!("--kv-share {x}:{y}: {e}"))?;
-        twain_convert::apply_plan(&mut base, &plan).map_err(|e| e.to_string())?;
+            .with_context(|| format!("--kv-share {x}:{y}"))?;
+        twain_convert::apply_plan(&mut base, &plan)?;
         base.provenance
             .insert("twain.kv_share".into(), format!("{x}:{y}"));
     }
-    let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&base).map_err(|e| e.to_string())?;
-    let mut data = twain_convert::calib::training_tokens(&tokenizer).map_err(|e| e.to_string())?;
+    let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&base)?;
+    let mut data = twain_convert::calib::training_tokens(&tokenizer)?;
     for p in &a.data {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        data.extend(tokenizer.encode(&text, false).map_err(|e| e.to_string())?);
+        let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
+        data.extend(tokenizer.encode(&text, false)?);
     }
-    let student = Student::new(&base, targets).map_err(|e| e.to_string())?;
+    let student = Student::new(&base, targets)?;
     // The f32 source in the student's basis: the block stage's teacher, and
     // where the latent weights spread from.
-    let mut source = twain_io::load_model(&a.teacher).map_err(|e| e.to_string())?;
-    twain_convert::rotate::rotate_like(&mut source, &base).map_err(|e| e.to_string())?;
-    student.spread_latent(&source).map_err(|e| e.to_string())?;
+    let mut source = twain_io::load_model(&a.teacher)?;
+    twain_convert::rotate::rotate_like(&mut source, &base)?;
+    student.spread_latent(&source)?;
     let mut provenance = Vec::new();
     if block {
-        let teacher = Student::new(&source, Targets::none()).map_err(|e| e.to_string())?;
+        let teacher = Student::new(&source, Targets::none())?;
         drop(source);
         provenance.push(block_stage(
             &a,
@@ -196,7 +193,7 @@ pub(crate) fn run(a: RecoverArgs) -> Res<()> {
     if !distill {
         return finish(&a, &student, &base, provenance, None);
     }
-    let teacher = twain_convert::calib::load_reference(&a.teacher).map_err(|e| e.to_string())?;
+    let teacher = twain_convert::calib::load_reference(&a.teacher)?;
     let mut opts = TrainOptions::default();
     opts.steps = a.steps;
     opts.seq_len = a.seq_len;
@@ -257,8 +254,7 @@ pub(crate) fn run(a: RecoverArgs) -> Res<()> {
             if p.checkpointed { ", checkpointed" } else { "" }
         ));
         std::ops::ControlFlow::Continue(())
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     pb.finish();
     provenance.push(format!(
         "distilled {} steps x {} tokens, seed {}",
@@ -285,13 +281,12 @@ fn finish(
     base: &twain_io::LoadedModel,
     stages: Vec<String>,
     note: Option<String>,
-) -> Res<()> {
+) -> anyhow::Result<()> {
     let provenance = BTreeMap::from([(
         "twain.recovered".to_string(),
         format!("{}; targets {}", stages.join("; then "), a.train),
     )]);
-    let bytes = twain_train::export::write_model(student, base, &a.output, provenance)
-        .map_err(|e| e.to_string())?;
+    let bytes = twain_train::export::write_model(student, base, &a.output, provenance)?;
     eprintln!(
         "wrote {} ({bytes} bytes){}",
         a.output.display(),
@@ -308,7 +303,7 @@ fn block_stage(
     student: &Student,
     data: &[u32],
     checkpoint: &std::path::Path,
-) -> Res<String> {
+) -> anyhow::Result<String> {
     let mut opts = BlockOptions::default();
     opts.seqs = a.block_seqs;
     opts.seq_len = a.seq_len;
@@ -320,7 +315,7 @@ fn block_stage(
     opts.loss = match a.block_loss.as_str() {
         "token" => BlockLoss::Token,
         "mse" => BlockLoss::Mse,
-        other => return Err(format!("--block-loss {other:?}: expected `token` or `mse`")),
+        other => bail!("--block-loss {other:?}: expected `token` or `mse`"),
     };
     opts.seed = a.seed;
     opts.checkpoint = Some(checkpoint.to_path_buf());
@@ -369,8 +364,7 @@ fn block_stage(
             }
         }
         std::ops::ControlFlow::Continue(())
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     pb.finish();
     eprintln!(
         "block stage done: {} blocks ({} from the checkpoint)",
