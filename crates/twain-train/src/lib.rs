@@ -15,6 +15,8 @@
 //! Data is the teacher's own seeded text plus the corpus texts
 //! (`twain_convert::calib`), never the texts quality is measured on.
 
+#![deny(missing_docs)]
+
 pub mod blockwise;
 pub mod export;
 pub mod fakequant;
