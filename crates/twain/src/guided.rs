@@ -694,10 +694,11 @@ impl<M: Model> GuidedGeneration<'_, M> {
             return Ok(());
         }
         self.matcher.consume(tok)?;
-        if let Some(first) = fallback {
+        if let Some(first) = fallback.filter(|&f| f != Some(tok)) {
             // Keep the sampled token only if the value can still close in
-            // the budget after it; else take the closing path's first token
-            // (or end here, when the value is already complete).
+            // the budget after it (it can when it is the path's own first
+            // token); else take the closing path's first token (or end
+            // here, when the value is already complete).
             if self.matcher.closing_path(room - 1)?.is_none() {
                 self.matcher.rollback(1)?;
                 match first {
