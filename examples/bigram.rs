@@ -85,13 +85,13 @@ impl Model for Bigram {
 struct Bytes;
 
 impl Tokenize for Bytes {
-    fn encode(&self, text: &str) -> Result<Vec<TokenId>, twain::Error> {
+    fn encode(&self, text: &str) -> Result<Vec<TokenId>, twain::BoxError> {
         Ok(text.bytes().map(TokenId::from).collect())
     }
-    fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, twain::Error> {
+    fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, twain::BoxError> {
         u8::try_from(id)
             .map(|b| vec![b])
-            .map_err(|_| twain::Error::Tokenizer(format!("no token {id}")))
+            .map_err(|_| format!("no token {id}").into())
     }
 }
 

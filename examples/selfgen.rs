@@ -118,7 +118,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{}<|im_end|>\n",
             answer.trim()
         );
-        tokens += engine.tokenizer.0.encode(&rendered, false)?.len();
+        tokens += engine.tokenizer().0.encode(&rendered, false)?.len();
         out.push_str(&rendered);
         turn += 1;
         eprint!("\r{tokens}/{budget} tokens, {turn} answers");

@@ -43,8 +43,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ]
     } else {
         vec![
-            Arc::new(random_adapter(&engine.model, 1)?),
-            Arc::new(random_adapter(&engine.model, 2)?),
+            Arc::new(random_adapter(engine.model(), 1)?),
+            Arc::new(random_adapter(engine.model(), 2)?),
         ]
     };
     let mut sessions = [engine.session(), engine.session()];

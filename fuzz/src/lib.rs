@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use twain::guided::GuidedOptions;
-use twain::{ChatMl, Error, Model, ModelError, ModelInfo, Session, TokenId, Tokenize};
+use twain::{BoxError, ChatMl, Model, ModelError, ModelInfo, Session, TokenId, Tokenize};
 use twain_adapters::LoraAdapter;
 use twain_core::{Transformer, TransformerOptions};
 use twain_io::{GgufFile, LoadedModel};
@@ -337,14 +337,14 @@ impl Model for Toy {
 struct ByteTokens;
 
 impl Tokenize for ByteTokens {
-    fn encode(&self, text: &str) -> Result<Vec<TokenId>, Error> {
+    fn encode(&self, text: &str) -> Result<Vec<TokenId>, BoxError> {
         Ok(text.bytes().map(u32::from).collect())
     }
-    fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, Error> {
+    fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, BoxError> {
         match id {
             0..=255 => Ok(vec![id as u8]),
             TOY_EOT => Ok(b"<|im_end|>".to_vec()),
-            _ => Err(Error::Tokenizer(format!("no token {id}"))),
+            _ => Err(format!("no token {id}").into()),
         }
     }
     fn is_special(&self, id: TokenId) -> bool {

@@ -1,7 +1,10 @@
 //! The small [`Model`] trait that everything above a model in twain is written
 //! against: sampling, sessions, streaming, guided generation and the CLI only
 //! need a model that can append tokens to a per-sequence state and report the
-//! logits of the last position.
+//! logits of the last position. Beside it, the [`Tokenize`] and
+//! [`ChatFormat`] traits (with [`Message`] and [`Role`]) say what generation
+//! needs from a tokenizer and a chat template, so a third-party tokenizer
+//! depends on this crate only. No model, file format or kernel lives here.
 //!
 //! A downstream app can implement [`Model`] for its own model and keep the rest
 //! of the stack:
@@ -44,6 +47,10 @@
 #![deny(missing_docs)]
 
 use thiserror::Error;
+
+mod text;
+
+pub use text::{BoxError, ChatFormat, ChatMl, Message, Role, Tokenize};
 
 /// A token id in a model's vocabulary.
 pub type TokenId = u32;

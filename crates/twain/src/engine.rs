@@ -12,8 +12,8 @@ use twain_core::{KvDtype, Transformer, TransformerOptions};
 use twain_model::{SpecialTokens, TokenId};
 use twain_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
-use crate::tokenize::{ChatFormat, Message, Role, Tokenize};
-use crate::{Error, Session};
+use crate::tokenize::{BoxError, ChatFormat, Message, Tokenize};
+use crate::{Error, LoadError, Session};
 
 /// The preset the default model is converted with: the smallest whose mean
 /// KL divergence against the f32 model is at least as good as llama.cpp
@@ -63,28 +63,20 @@ impl Default for LoadOptions<'_> {
 /// [`Session`] needs.
 #[derive(Clone)]
 pub struct Engine {
-    /// The transformer (shared by all sessions).
-    pub model: Arc<Transformer>,
-    /// The tokenizer.
-    pub tokenizer: Arc<TextTokenizer>,
-    /// The chat format.
-    pub chat: Arc<TemplateChat>,
+    model: Arc<Transformer>,
+    tokenizer: Arc<TextTokenizer>,
+    chat: Arc<TemplateChat>,
 }
 
 /// [`Tokenize`] over twain-tokenizer's [`Tokenizer`].
 pub struct TextTokenizer(pub Tokenizer);
 
 impl Tokenize for TextTokenizer {
-    fn encode(&self, text: &str) -> Result<Vec<TokenId>, Error> {
-        self.0
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+    fn encode(&self, text: &str) -> Result<Vec<TokenId>, BoxError> {
+        Ok(self.0.encode(text, false)?)
     }
-    fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, Error> {
-        self.0
-            .token_bytes(id)
-            .map(|b| b.to_vec())
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+    fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, BoxError> {
+        Ok(self.0.token_bytes(id).map(|b| b.to_vec())?)
     }
     fn is_special(&self, id: TokenId) -> bool {
         self.0.is_special(id)
@@ -95,29 +87,31 @@ impl Tokenize for TextTokenizer {
 pub struct TemplateChat(pub ChatTemplate);
 
 impl ChatFormat for TemplateChat {
-    fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, Error> {
+    fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, BoxError> {
         let msgs: Vec<ChatMessage> = messages
             .iter()
-            .map(|m| {
-                ChatMessage::new(
-                    match m.role {
-                        Role::System => "system",
-                        Role::User => "user",
-                        Role::Assistant => "assistant",
-                        Role::Tool => "tool",
-                    },
-                    m.content.clone(),
-                )
-            })
+            .map(|m| ChatMessage::new(m.role.as_str(), m.content.clone()))
             .collect();
-        self.0
-            .render(&msgs, add_generation_prompt)
-            .map_err(|e| Error::Template(e.to_string()))
+        Ok(self.0.render(&msgs, add_generation_prompt)?)
     }
 }
 
-fn load_err(e: impl std::fmt::Display) -> Error {
-    Error::Load(e.to_string())
+fn load_err(e: impl Into<LoadError>) -> Error {
+    Error::Load(e.into())
+}
+
+/// A file system error on `path`.
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| {
+        Error::Load(LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
 }
 
 impl Engine {
@@ -177,6 +171,21 @@ impl Engine {
         })
     }
 
+    /// The transformer (shared by all sessions).
+    pub fn model(&self) -> &Arc<Transformer> {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Arc<TextTokenizer> {
+        &self.tokenizer
+    }
+
+    /// The chat format (the model file's template).
+    pub fn chat(&self) -> &Arc<TemplateChat> {
+        &self.chat
+    }
+
     /// A new chat session over this engine's model.
     pub fn session(&self) -> Session<Arc<Transformer>> {
         Session::new(
@@ -203,7 +212,7 @@ fn special_tokens(t: &Tokenizer, template: &ChatTemplate) -> SpecialTokens {
 }
 
 fn build_template(loaded: &twain_io::LoadedModel, t: &Tokenizer) -> Result<ChatTemplate, Error> {
-    ChatTemplate::from_loaded(loaded, t).map_err(|e| Error::Template(e.to_string()))
+    ChatTemplate::from_loaded(loaded, t).map_err(|e| Error::Template(Box::new(e)))
 }
 
 #[cfg(feature = "fetch")]
@@ -354,7 +363,7 @@ pub fn default_model_path_for(
     for (k, v) in want {
         converted.provenance.insert(k.into(), v.into());
     }
-    std::fs::create_dir_all(&dir).map_err(load_err)?;
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     twain_io::write_native(
         &path,
         &twain_io::NativeModel::from_loaded(&converted),
@@ -415,9 +424,8 @@ const KEY_SPAN: u64 = 1 << 20;
 pub fn source_key(path: &Path) -> Result<String, Error> {
     use sha2::{Digest, Sha256};
     use std::io::{Read, Seek, SeekFrom};
-    let mut f =
-        std::fs::File::open(path).map_err(|e| load_err(format!("{}: {e}", path.display())))?;
-    let md = f.metadata().map_err(load_err)?;
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let md = f.metadata().map_err(io_err(path))?;
     let len = md.len();
     let mtime = md
         .modified()
@@ -428,13 +436,13 @@ pub fn source_key(path: &Path) -> Result<String, Error> {
     h.update(len.to_le_bytes());
     h.update(mtime.to_le_bytes());
     let mut buf = vec![0u8; KEY_SPAN.min(len) as usize];
-    f.read_exact(&mut buf).map_err(load_err)?;
+    f.read_exact(&mut buf).map_err(io_err(path))?;
     h.update(&buf);
     if len > KEY_SPAN {
         f.seek(SeekFrom::Start(len - KEY_SPAN.min(len - KEY_SPAN)))
-            .map_err(load_err)?;
+            .map_err(io_err(path))?;
         buf.clear();
-        f.read_to_end(&mut buf).map_err(load_err)?;
+        f.read_to_end(&mut buf).map_err(io_err(path))?;
         h.update(&buf);
     }
     Ok(h.finalize()[..8]
@@ -570,7 +578,7 @@ pub fn cached_conversion(
     for (k, v) in want {
         m.provenance.insert(k.into(), v.into());
     }
-    std::fs::create_dir_all(dir).map_err(|e| load_err(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     twain_io::write_native(&path, &twain_io::NativeModel::from_loaded(&m), &mut |_| {})
         .map_err(load_err)?;
     Ok(path)
@@ -618,7 +626,7 @@ impl Session<Arc<Transformer>> {
     pub fn set_adapter(&mut self, adapter: Option<Arc<dyn LinearDelta>>) -> Result<(), Error> {
         self.model
             .set_adapter(&mut self.state, adapter)
-            .map_err(|e| Error::Load(e.to_string()))?;
+            .map_err(load_err)?;
         self.tokens.clear();
         Ok(())
     }

@@ -1,5 +1,5 @@
 use thiserror::Error;
-use twain_model::ModelError;
+use twain_model::{BoxError, ModelError};
 
 /// Errors from sessions and generation. A failed call leaves the session as
 /// it was before the call.
@@ -21,15 +21,54 @@ pub enum Error {
     /// Sampling failed (bad parameters, no allowed token, ...).
     #[error("sampling: {0}")]
     Sample(#[from] twain_sample::SampleError),
-    /// Tokenizing or detokenizing failed.
+    /// Tokenizing or detokenizing failed; the source is the tokenizer's own
+    /// error (for the bundled tokenizer a `twain_tokenizer::TokenizerError`).
     #[error("tokenizer: {0}")]
-    Tokenizer(String),
-    /// Rendering the chat template failed.
+    Tokenizer(#[source] BoxError),
+    /// Rendering the chat template failed; the source is the chat format's
+    /// own error (for model templates a `twain_tokenizer::TokenizerError`).
     #[error("chat template: {0}")]
-    Template(String),
-    /// Loading or converting a model failed.
+    Template(#[source] BoxError),
+    /// The prompt (the rendered transcript or the raw text) encodes to no
+    /// tokens: there is nothing to continue.
+    #[error("the prompt encodes to no tokens")]
+    EmptyPrompt,
+    /// Loading or converting a model, its tokenizer or an adapter failed.
+    #[cfg(feature = "core")]
     #[error("loading model: {0}")]
-    Load(String),
+    Load(#[from] LoadError),
+}
+
+/// Why loading a model, its tokenizer, its chat template or an adapter
+/// failed: the failing crate's own error.
+#[cfg(feature = "core")]
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// Reading, writing or fetching a model file.
+    #[error(transparent)]
+    File(#[from] twain_io::IoError),
+    /// A file system call on `path`.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Building the transformer (configuration, shapes, KV plan).
+    #[error(transparent)]
+    Model(#[from] twain_core::CoreError),
+    /// Converting, quantizing or assembling shipped parameters.
+    #[error(transparent)]
+    Convert(#[from] twain_convert::ConvertError),
+    /// The tokenizer or the chat template in the file.
+    #[error(transparent)]
+    Tokenizer(#[from] twain_tokenizer::TokenizerError),
+    /// A LoRA adapter.
+    #[error(transparent)]
+    Adapter(#[from] twain_adapters::AdapterError),
 }
 
 impl From<ModelError> for Error {

@@ -192,7 +192,7 @@ impl<'a, M: Model> Generation<'a, M> {
         }
         self.produced += 1;
         self.queue.push_back(Event::Token(tok));
-        let bytes = self.tokenizer.token_bytes(tok)?;
+        let bytes = self.tokenizer.token_bytes(tok).map_err(Error::Tokenizer)?;
         let piece = self.asm.push(&bytes);
         if !piece.text.is_empty() {
             self.text.push_str(&piece.text);

@@ -629,7 +629,7 @@ impl<M: Model> GuidedGeneration<'_, M> {
     fn emit(&mut self, tok: TokenId) -> Result<(), GuidedError> {
         self.produced += 1;
         self.queue.push_back(Event::Token(tok));
-        let bytes = self.tokenizer.token_bytes(tok)?;
+        let bytes = self.tokenizer.token_bytes(tok).map_err(Error::Tokenizer)?;
         let piece = self.asm.push(&bytes);
         if !piece.text.is_empty() {
             self.text.push_str(&piece.text);
@@ -917,8 +917,8 @@ impl<M: Model> Session<M> {
         let matcher = vocabulary.matcher(constraint)?;
         let mut messages = self.transcript.clone();
         messages.extend(new);
-        let text = self.chat.render(&messages, true)?;
-        let prompt = self.tokenizer.encode(&text)?;
+        let text = self.chat.render(&messages, true).map_err(Error::Template)?;
+        let prompt = self.tokenizer.encode(&text).map_err(Error::Tokenizer)?;
         self.prefill(&prompt)?;
         self.transcript = messages;
         Ok(GuidedGeneration {

@@ -40,10 +40,10 @@
 //! // Bytes as tokens.
 //! struct Bytes;
 //! impl Tokenize for Bytes {
-//!     fn encode(&self, text: &str) -> Result<Vec<TokenId>, twain::Error> {
+//!     fn encode(&self, text: &str) -> Result<Vec<TokenId>, twain::BoxError> {
 //!         Ok(text.bytes().map(u32::from).collect())
 //!     }
-//!     fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, twain::Error> { Ok(vec![id as u8]) }
+//!     fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, twain::BoxError> { Ok(vec![id as u8]) }
 //! }
 //!
 //! let mut info = ModelInfo::new("ab", 256, 1024);
@@ -66,11 +66,13 @@ mod tokenize;
 pub mod tools;
 
 pub use error::Error;
+#[cfg(feature = "core")]
+pub use error::LoadError;
 pub use generate::{CancelFlag, EndReason, Event, GenerateOptions, Generation};
 pub use guided::{GuidedError, GuidedOptions, TypedEvent};
 pub use session::Session;
 pub use text::{Piece, TextAssembler};
-pub use tokenize::{ChatFormat, ChatMl, Message, Role, Tokenize};
+pub use tokenize::{BoxError, ChatFormat, ChatMl, Message, Role, Tokenize};
 pub use tools::{Tool, ToolError};
 #[cfg(feature = "core")]
 pub use twain_adapters as adapters;

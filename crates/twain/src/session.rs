@@ -100,8 +100,8 @@ impl<M: Model> Session<M> {
     ) -> Result<Generation<'_, M>, Error> {
         let mut messages = self.transcript.clone();
         messages.push(Message::new(Role::User, user));
-        let text = self.chat.render(&messages, true)?;
-        let prompt = self.tokenizer.encode(&text)?;
+        let text = self.chat.render(&messages, true).map_err(Error::Template)?;
+        let prompt = self.tokenizer.encode(&text).map_err(Error::Tokenizer)?;
         self.prefill(&prompt)?;
         self.transcript = messages;
         Ok(Generation::new(
@@ -124,7 +124,7 @@ impl<M: Model> Session<M> {
         opts: GenerateOptions,
     ) -> Result<Generation<'_, M>, Error> {
         let mut prompt = self.tokens.clone();
-        prompt.extend(self.tokenizer.encode(text)?);
+        prompt.extend(self.tokenizer.encode(text).map_err(Error::Tokenizer)?);
         self.prefill(&prompt)?;
         Ok(Generation::new(
             &self.model,
@@ -143,7 +143,7 @@ impl<M: Model> Session<M> {
     pub(crate) fn prefill(&mut self, prompt: &[TokenId]) -> Result<(), Error> {
         let limit = self.model.info().context_length;
         if prompt.is_empty() {
-            return Err(Error::Tokenizer("the prompt encodes to no tokens".into()));
+            return Err(Error::EmptyPrompt);
         }
         if prompt.len() > limit {
             return Err(Error::ExceededContextWindow {

@@ -97,7 +97,7 @@ fn q4_1_gguf(path: &Path) {
 }
 
 fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
-    let m = &engine.model;
+    let m = &engine.model();
     let mut st = m.new_state();
     let mut logits = vec![0f32; m.info().vocab_size];
     m.forward(&mut st, prompt, &mut logits).unwrap();

@@ -13,8 +13,8 @@ use twain::guide::{extends, Constraint};
 use twain::guided::{describe_schema, schema_of, GuidedOptions};
 use twain::tools::{DynTool, Tool, ToolChoice, ToolError, ToolOptions};
 use twain::{
-    ChatMl, EndReason, Error, GenerateOptions, GuidedError, Model, ModelError, ModelInfo, Session,
-    TokenId, Tokenize, TypedEvent,
+    BoxError, ChatMl, EndReason, Error, GenerateOptions, GuidedError, Model, ModelError, ModelInfo,
+    Session, TokenId, Tokenize, TypedEvent,
 };
 
 const EOT: TokenId = 256;
@@ -48,14 +48,14 @@ impl Model for Flat {
 struct Bytes;
 
 impl Tokenize for Bytes {
-    fn encode(&self, text: &str) -> Result<Vec<TokenId>, Error> {
+    fn encode(&self, text: &str) -> Result<Vec<TokenId>, BoxError> {
         Ok(text.bytes().map(u32::from).collect())
     }
-    fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, Error> {
+    fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, BoxError> {
         match id {
             0..=255 => Ok(vec![id as u8]),
             EOT => Ok(b"<|im_end|>".to_vec()),
-            _ => Err(Error::Tokenizer(format!("no token {id}"))),
+            _ => Err(format!("no token {id}").into()),
         }
     }
     fn is_special(&self, id: TokenId) -> bool {

@@ -54,7 +54,7 @@ fn multi_turn_chat_reuses_the_cache_and_answers() {
 #[test]
 fn passing_the_context_window_is_a_typed_error_and_the_session_survives() {
     let engine = engine(Some(64));
-    assert_eq!(engine.model.info().context_length, 64);
+    assert_eq!(engine.model().info().context_length, 64);
     let mut s = engine.session();
     let long = "word ".repeat(80);
     match s.respond(&long, GenerateOptions::default()) {

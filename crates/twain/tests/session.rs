@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use twain::{
-    CancelFlag, ChatMl, EndReason, Error, Event, GenerateOptions, Model, ModelError, ModelInfo,
-    Role, Session, TokenId, Tokenize,
+    BoxError, CancelFlag, ChatMl, EndReason, Error, Event, GenerateOptions, Model, ModelError,
+    ModelInfo, Role, Session, TokenId, Tokenize,
 };
 
 const EOT: TokenId = 1000;
@@ -84,17 +84,17 @@ impl Model for Scripted {
 struct Chunks(Vec<Vec<u8>>);
 
 impl Tokenize for Chunks {
-    fn encode(&self, text: &str) -> Result<Vec<TokenId>, Error> {
+    fn encode(&self, text: &str) -> Result<Vec<TokenId>, BoxError> {
         Ok(text.bytes().map(TokenId::from).collect())
     }
-    fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, Error> {
+    fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>, BoxError> {
         if id < FIRST {
             Ok(vec![id as u8])
         } else {
             self.0
                 .get((id - FIRST) as usize)
                 .cloned()
-                .ok_or_else(|| Error::Tokenizer(format!("no token {id}")))
+                .ok_or_else(|| format!("no token {id}").into())
         }
     }
 }

@@ -516,7 +516,7 @@ fn sixteen_sessions_on_eight_threads_match_their_alone_runs() {
     // (3) Memory does not grow after the warm-up round: the caches are
     // allocated by then and reused after `reset`. The bound lets every
     // session's cache grow once more to the whole context, plus a slack.
-    let kv_per_token = engine.model.kv_bytes_per_token();
+    let kv_per_token = engine.model().kv_bytes_per_token();
     let bound = SESSIONS * CONTEXT * kv_per_token + RSS_SLACK;
     let growth = rss_end.saturating_sub(rss_warm);
     println!(

@@ -142,7 +142,7 @@ pub(crate) fn run(a: BenchArgs) -> anyhow::Result<()> {
         None => {
             let engine = load_engine(&a.model, skip)?;
             let adapter = adapter_of(&a.model, &engine)?;
-            (engine.model, adapter)
+            (engine.model().clone(), adapter)
         }
     };
     let load_s = t0.elapsed().as_secs_f64();

@@ -26,7 +26,7 @@ pub(crate) fn run(a: ChatArgs) -> anyhow::Result<()> {
     session.set_sampler(sampler(&a.sample)?);
     eprintln!(
         "twain chat: {} — type a message, an empty line or Ctrl-D ends.",
-        engine.model.info().name
+        engine.model().info().name
     );
     let stdin = std::io::stdin();
     loop {

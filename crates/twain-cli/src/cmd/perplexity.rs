@@ -101,11 +101,11 @@ fn evaluate(
     ctx: usize,
     max_chunks: Option<usize>,
 ) -> anyhow::Result<Report> {
-    let tokens = engine.tokenizer.0.encode(text, false)?;
+    let tokens = engine.tokenizer().0.encode(text, false)?;
     let mut pb = progress_bar("perplexity");
     let r = perplexity(
-        &engine.model,
-        base.map(|b| &*b.model),
+        engine.model(),
+        base.map(|b| &**b.model()),
         &tokens,
         ctx,
         max_chunks,

@@ -42,9 +42,9 @@ pub fn random_ffn_down_lora(engine: &Engine, mut seed: u64) -> Arc<dyn LinearDel
             .wrapping_add(1442695040888963407);
         ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
     };
-    for l in 0..engine.model.config().n_layers {
+    for l in 0..engine.model().config().n_layers {
         let name = format!("blk.{l}.ffn_down.weight");
-        let (rows, cols) = engine.model.linear_shape(&name).unwrap();
+        let (rows, cols) = engine.model().linear_shape(&name).unwrap();
         let a: Vec<f32> = (0..8 * cols).map(|_| rnd()).collect();
         let b: Vec<f32> = (0..rows * 8).map(|_| rnd()).collect();
         lora.insert(&name, rows, cols, 8, 2.0, a, b).unwrap();
