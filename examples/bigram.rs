@@ -108,13 +108,7 @@ fn main() -> Result<(), twain::Error> {
     let mut out = std::io::stdout().lock();
     for turn in ["tell me about the sea", "and the wind?"] {
         writeln!(out, "> {turn}").ok();
-        for event in session.respond(
-            turn,
-            GenerateOptions {
-                max_tokens: 80,
-                ..Default::default()
-            },
-        )? {
+        for event in session.respond(turn, GenerateOptions::default().max_tokens(80))? {
             match event? {
                 Event::Text(t) => write!(out, "{t}").ok(),
                 Event::End(reason) => writeln!(out, "\n[{reason:?}]").ok(),

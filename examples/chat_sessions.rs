@@ -20,21 +20,12 @@ fn main() -> Result<(), twain::Error> {
             thread::spawn(move || -> Result<String, twain::Error> {
                 let mut s = engine.session();
                 let (first, _) = s
-                    .respond(
-                        question,
-                        GenerateOptions {
-                            max_tokens: 40,
-                            ..Default::default()
-                        },
-                    )?
+                    .respond(question, GenerateOptions::default().max_tokens(40))?
                     .collect_text()?;
                 let (second, _) = s
                     .respond(
                         "Say it again in one word.",
-                        GenerateOptions {
-                            max_tokens: 20,
-                            ..Default::default()
-                        },
+                        GenerateOptions::default().max_tokens(20),
                     )?
                     .collect_text()?;
                 Ok(format!(

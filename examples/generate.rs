@@ -23,13 +23,7 @@ fn main() -> Result<(), twain::Error> {
             .build()?,
     );
     let mut out = std::io::stdout().lock();
-    for event in session.respond(
-        &prompt,
-        GenerateOptions {
-            max_tokens: 128,
-            ..Default::default()
-        },
-    )? {
+    for event in session.respond(&prompt, GenerateOptions::default().max_tokens(128))? {
         if let Event::Text(t) = event? {
             write!(out, "{t}").ok();
             out.flush().ok();

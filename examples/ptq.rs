@@ -46,13 +46,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let loaded = twain_io::load_model(gguf)?;
     let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&loaded)?;
-    let base = Transformer::from_loaded(
-        loaded,
-        TransformerOptions {
-            kv_dtype: KvDtype::F32,
-            ..Default::default()
-        },
-    )?;
+    let base =
+        Transformer::from_loaded(loaded, TransformerOptions::default().kv_dtype(KvDtype::F32))?;
     struct Variant {
         name: String,
         model: Transformer,

@@ -35,10 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(usize::MAX);
     let ctx = 512;
-    let f32_opts = || TransformerOptions {
-        kv_dtype: KvDtype::F32,
-        ..Default::default()
-    };
+    let f32_opts = || TransformerOptions::default().kv_dtype(KvDtype::F32);
 
     let loaded = twain_io::load_model(gguf)?;
     let tokenizer = twain_tokenizer::Tokenizer::from_loaded(&loaded)?;
@@ -133,13 +130,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..Default::default()
             },
         )?;
-        let model = Transformer::from_loaded(
-            m,
-            TransformerOptions {
-                kv_dtype: kv,
-                ..Default::default()
-            },
-        )?;
+        let model = Transformer::from_loaded(m, TransformerOptions::default().kv_dtype(kv))?;
         variants.push(Variant {
             name: name.into(),
             model,

@@ -80,11 +80,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let subjects: Vec<&str> = SUBJECTS.iter().copied().skip(parity).step_by(2).collect();
     let engine = Engine::load(
         gguf,
-        LoadOptions {
-            preset: Some(Preset::F32),
-            kv_dtype: twain_core::KvDtype::F32,
-            ..Default::default()
-        },
+        LoadOptions::default()
+            .preset(Some(Preset::F32))
+            .kv_dtype(twain_core::KvDtype::F32),
     )?;
     let mut rng = SplitMix::new(seed);
     let mut out = String::new();
@@ -103,13 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .build()?,
         );
         let mut answer = String::new();
-        for event in session.respond(
-            &prompt,
-            GenerateOptions {
-                max_tokens: 256,
-                ..Default::default()
-            },
-        )? {
+        for event in session.respond(&prompt, GenerateOptions::default().max_tokens(256))? {
             if let Event::Text(t) = event? {
                 answer.push_str(&t);
             }

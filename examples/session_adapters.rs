@@ -48,10 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ]
     };
     let mut sessions = [engine.session(), engine.session()];
-    let opts = || GenerateOptions {
-        max_tokens: 24,
-        ..Default::default()
-    };
+    let opts = || GenerateOptions::default().max_tokens(24);
     for (turn, question) in ["Name a fruit.", "Name a color."].into_iter().enumerate() {
         for (i, s) in sessions.iter_mut().enumerate() {
             // Session i uses adapter (i + turn) % 2: the adapters swap between turns.

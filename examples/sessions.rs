@@ -51,10 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let mut n = 0;
                     for event in session.respond(
                         &format!("Write a long story about {topic}."),
-                        GenerateOptions {
-                            max_tokens: tokens,
-                            ..Default::default()
-                        },
+                        GenerateOptions::default().max_tokens(tokens),
                     )? {
                         if let Event::Token(_) = event? {
                             n += 1;

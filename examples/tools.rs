@@ -69,10 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let response = session.respond_with_tools(
         &prompt,
         &tools,
-        ToolOptions {
-            answer_when_exhausted: true,
-            ..Default::default()
-        },
+        ToolOptions::default().answer_when_exhausted(true),
     )?;
     for call in &response.calls {
         println!(

@@ -126,10 +126,7 @@ const FUZZ_CONTEXT: usize = 32;
 
 /// Builds a transformer from a loaded model and runs a short prompt and a decode step.
 fn exercise_model(m: LoadedModel) {
-    let opts = TransformerOptions {
-        context_length: Some(FUZZ_CONTEXT),
-        ..TransformerOptions::default()
-    };
+    let opts = TransformerOptions::default().context_length(Some(FUZZ_CONTEXT));
     let Ok(t) = Transformer::from_loaded(m, opts) else {
         return;
     };
@@ -462,10 +459,7 @@ pub fn check_seed(name: &str, data: &[u8]) -> Result<(), String> {
 
 /// A transformer from a loaded model, with one forward pass.
 fn build(m: LoadedModel) -> Result<Transformer, String> {
-    let opts = TransformerOptions {
-        context_length: Some(FUZZ_CONTEXT),
-        ..TransformerOptions::default()
-    };
+    let opts = TransformerOptions::default().context_length(Some(FUZZ_CONTEXT));
     let t = Transformer::from_loaded(m, opts).map_err(|e| e.to_string())?;
     let mut logits = vec![0.0f32; t.info().vocab_size];
     let mut state = t.new_state();

@@ -30,14 +30,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn build(m: LoadedModel) -> Transformer {
-    Transformer::from_loaded(
-        m,
-        TransformerOptions {
-            kv_dtype: KvDtype::F32,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    Transformer::from_loaded(m, TransformerOptions::default().kv_dtype(KvDtype::F32)).unwrap()
 }
 
 const TOKENS: [u32; 7] = [1, 5, 9, 17, 33, 2, 38];

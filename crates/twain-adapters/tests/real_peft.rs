@@ -52,14 +52,9 @@ fn real_peft_adapter_matches_transformers_logits() {
 
     let loaded = twain_io::load_model(fixture("base")).expect("load the transformers checkpoint");
     let config = loaded.config.clone();
-    let model = Transformer::from_loaded(
-        loaded,
-        TransformerOptions {
-            kv_dtype: KvDtype::F32,
-            ..Default::default()
-        },
-    )
-    .expect("build");
+    let model =
+        Transformer::from_loaded(loaded, TransformerOptions::default().kv_dtype(KvDtype::F32))
+            .expect("build");
 
     let mut s = model.new_state();
     let base = model.forward_all(&mut s, &ids).unwrap();

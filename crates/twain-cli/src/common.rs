@@ -238,14 +238,12 @@ pub(crate) fn load_engine(args: &ModelArgs, skip: bool) -> anyhow::Result<Engine
     let mut cb = convert_progress(&mut pb);
     let engine = Engine::load(
         &path,
-        LoadOptions {
-            preset,
-            kv_share,
-            kv_dtype: args.kv_cache.into(),
-            skip_shared_prefill: skip,
-            progress: Some(&mut cb),
-            ..Default::default()
-        },
+        LoadOptions::default()
+            .preset(preset)
+            .kv_share(kv_share)
+            .kv_dtype(args.kv_cache.into())
+            .skip_shared_prefill(skip)
+            .progress(Some(&mut cb)),
     )
     .with_context(|| path.display().to_string())?;
     drop(cb);
@@ -295,11 +293,10 @@ pub(crate) fn sampler(a: &SampleArgs) -> anyhow::Result<Sampler> {
 }
 
 pub(crate) fn gen_opts(a: &SampleArgs) -> GenerateOptions {
-    GenerateOptions {
-        max_tokens: a.max_tokens,
-        stop: a.stop.clone(),
-        cancel: None,
-    }
+    GenerateOptions::default()
+        .max_tokens(a.max_tokens)
+        .stop(a.stop.clone())
+        .cancel(None)
 }
 
 /// Print a generation's text to stdout as it comes, then a newline.

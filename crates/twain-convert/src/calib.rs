@@ -112,10 +112,7 @@ pub fn load_reference(path: &Path) -> Result<Transformer, ConvertError> {
     let loaded = twain_io::load_model(path)?;
     Ok(Transformer::from_loaded(
         loaded,
-        TransformerOptions {
-            kv_dtype: KvDtype::F32,
-            ..Default::default()
-        },
+        TransformerOptions::default().kv_dtype(KvDtype::F32),
     )?)
 }
 

@@ -137,10 +137,7 @@ pub fn quantize_model(
         };
         let teacher = Transformer::from_loaded(
             source.clone(),
-            TransformerOptions {
-                kv_dtype: KvDtype::F32,
-                ..Default::default()
-            },
+            TransformerOptions::default().kv_dtype(KvDtype::F32),
         )?;
         Some(hessian::collect(
             &teacher,

@@ -22,14 +22,8 @@ fn scratch(tag: &str) -> std::path::PathBuf {
 }
 
 fn run(m: twain_io::LoadedModel) -> Vec<f32> {
-    let t = Transformer::from_loaded(
-        m,
-        TransformerOptions {
-            kv_dtype: KvDtype::F32,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let t =
+        Transformer::from_loaded(m, TransformerOptions::default().kv_dtype(KvDtype::F32)).unwrap();
     let tokens: Vec<u32> = (0..12).map(|i| (i * 5 % 96) as u32).collect();
     t.forward_all(&mut t.new_state(), &tokens).unwrap()
 }

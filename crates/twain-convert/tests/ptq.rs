@@ -99,14 +99,7 @@ fn singular_or_zero_hessians_are_damped_not_fatal() {
 }
 
 fn f32_model(m: twain_io::LoadedModel) -> Transformer {
-    Transformer::from_loaded(
-        m,
-        TransformerOptions {
-            kv_dtype: KvDtype::F32,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    Transformer::from_loaded(m, TransformerOptions::default().kv_dtype(KvDtype::F32)).unwrap()
 }
 
 fn logits(m: &Transformer, tokens: &[u32]) -> Vec<f32> {

@@ -14,6 +14,7 @@ use crate::{rope, CoreError, KvPlan};
 
 /// Build-time options of a [`Transformer`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TransformerOptions {
     /// Element type of the KV cache (int8 by default).
     pub kv_dtype: KvDtype,
@@ -36,6 +37,13 @@ impl Default for TransformerOptions {
         }
     }
 }
+
+setters!(TransformerOptions {
+    kv_dtype: KvDtype,
+    prefill_chunk: usize,
+    skip_shared_prefill: bool,
+    context_length: Option<usize>,
+});
 
 struct Layer {
     attn_norm: Vec<f32>,

@@ -15,10 +15,7 @@ fn build(config: &ModelConfig, preset: Preset, opts: TransformerOptions) -> Tran
 }
 
 fn f32_opts() -> TransformerOptions {
-    TransformerOptions {
-        kv_dtype: KvDtype::F32,
-        ..Default::default()
-    }
+    TransformerOptions::default().kv_dtype(KvDtype::F32)
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -73,25 +70,11 @@ fn chunk_size_does_not_change_logits() {
     let config = synthetic::tiny_config(2);
     let toks = prompt(50, config.vocab_size);
     let a = prefill(
-        &build(
-            &config,
-            Preset::F32,
-            TransformerOptions {
-                prefill_chunk: 7,
-                ..f32_opts()
-            },
-        ),
+        &build(&config, Preset::F32, f32_opts().prefill_chunk(7)),
         &toks,
     );
     let b = prefill(
-        &build(
-            &config,
-            Preset::F32,
-            TransformerOptions {
-                prefill_chunk: 512,
-                ..f32_opts()
-            },
-        ),
+        &build(&config, Preset::F32, f32_opts().prefill_chunk(512)),
         &toks,
     );
     assert!(max_diff(&a, &b) < 1e-4);
@@ -104,22 +87,11 @@ fn kv_shared_prefill_skip_equals_naive_computation() {
     assert_eq!(config.kv_source, vec![0, 1, 2, 3, 4, 4, 4, 4]);
     let toks = prompt(33, config.vocab_size);
     for chunk in [5, 64] {
-        let skip = build(
-            &config,
-            Preset::F32,
-            TransformerOptions {
-                prefill_chunk: chunk,
-                ..f32_opts()
-            },
-        );
+        let skip = build(&config, Preset::F32, f32_opts().prefill_chunk(chunk));
         let naive = build(
             &config,
             Preset::F32,
-            TransformerOptions {
-                prefill_chunk: chunk,
-                skip_shared_prefill: false,
-                ..f32_opts()
-            },
+            f32_opts().prefill_chunk(chunk).skip_shared_prefill(false),
         );
         let a = prefill(&skip, &toks);
         let b = prefill(&naive, &toks);
@@ -199,10 +171,7 @@ fn int8_cache_stays_close_to_f32_cache() {
         &build(
             &config,
             Preset::F32,
-            TransformerOptions {
-                kv_dtype: KvDtype::F16,
-                ..Default::default()
-            },
+            TransformerOptions::default().kv_dtype(KvDtype::F16),
         ),
         &toks,
     );
@@ -236,14 +205,7 @@ fn quantized_presets_run_and_stay_near_f32() {
 #[test]
 fn context_overflow_is_an_error_and_keeps_the_state() {
     let config = synthetic::tiny_config(2);
-    let model = build(
-        &config,
-        Preset::F32,
-        TransformerOptions {
-            context_length: Some(10),
-            ..f32_opts()
-        },
-    );
+    let model = build(&config, Preset::F32, f32_opts().context_length(Some(10)));
     let mut s = model.new_state();
     let mut logits = vec![0.0; config.vocab_size];
     model

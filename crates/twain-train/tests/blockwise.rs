@@ -88,14 +88,7 @@ fn kl(teacher: &Transformer, student: &Student, toks: &[u32]) -> f64 {
 }
 
 fn f32_core(m: LoadedModel) -> Transformer {
-    Transformer::from_loaded(
-        m,
-        TransformerOptions {
-            kv_dtype: KvDtype::F32,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    Transformer::from_loaded(m, TransformerOptions::default().kv_dtype(KvDtype::F32)).unwrap()
 }
 
 #[test]

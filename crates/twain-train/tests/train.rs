@@ -18,14 +18,7 @@ use twain_train::fakequant::{encode_q2_row, fake_q2};
 use twain_train::{train, Student, Targets, TrainError, TrainOptions};
 
 fn f32_core(m: LoadedModel) -> Transformer {
-    Transformer::from_loaded(
-        m,
-        TransformerOptions {
-            kv_dtype: KvDtype::F32,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    Transformer::from_loaded(m, TransformerOptions::default().kv_dtype(KvDtype::F32)).unwrap()
 }
 
 /// The model with every quantized tensor replaced by its f32 dequantization

@@ -25,6 +25,7 @@ pub const DEFAULT_PRESET: Preset = Preset::Q4;
 pub const DEFAULT_CACHE_VERSION: u32 = 4;
 
 /// How to load a model.
+#[non_exhaustive]
 pub struct LoadOptions<'a> {
     /// Re-quantize GGUF / Hugging Face weights (or a native file) with this
     /// preset; `None` keeps native files as stored and converts others with
@@ -58,6 +59,16 @@ impl Default for LoadOptions<'_> {
         }
     }
 }
+
+setters!(LoadOptions<'a> {
+    preset: Option<Preset>,
+    kv_share: Option<(usize, usize)>,
+    kv_dtype: KvDtype,
+    context_length: Option<usize>,
+    skip_shared_prefill: bool,
+    progress: Option<Progress<'a>>,
+    calibrate: bool,
+});
 
 /// A loaded model with its tokenizer and chat template: everything a
 /// [`Session`] needs.
@@ -155,12 +166,10 @@ impl Engine {
         };
         let mut model = Transformer::from_loaded(
             loaded,
-            TransformerOptions {
-                kv_dtype: opts.kv_dtype,
-                context_length: opts.context_length,
-                skip_shared_prefill: opts.skip_shared_prefill,
-                ..Default::default()
-            },
+            TransformerOptions::default()
+                .kv_dtype(opts.kv_dtype)
+                .context_length(opts.context_length)
+                .skip_shared_prefill(opts.skip_shared_prefill),
         )
         .map_err(load_err)?;
         model.set_special_tokens(special_tokens(&tokenizer, &template));

@@ -32,6 +32,7 @@ impl CancelFlag {
 
 /// Limits and stop conditions of one generation.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GenerateOptions {
     /// Stop after this many tokens.
     pub max_tokens: usize,
@@ -50,6 +51,12 @@ impl Default for GenerateOptions {
         }
     }
 }
+
+setters!(GenerateOptions {
+    max_tokens: usize,
+    stop: Vec<String>,
+    cancel: Option<CancelFlag>,
+});
 
 /// Why a generation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -93,6 +93,7 @@ pub enum GuidedError {
 
 /// Options of guided and typed generation.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GuidedOptions {
     /// Token budget and cancellation (stop sequences are ignored: the
     /// grammar decides where the output ends). Default budget: 512 tokens.
@@ -116,10 +117,7 @@ pub struct GuidedOptions {
 impl Default for GuidedOptions {
     fn default() -> Self {
         Self {
-            generate: GenerateOptions {
-                max_tokens: 512,
-                ..GenerateOptions::default()
-            },
+            generate: GenerateOptions::default().max_tokens(512),
             describe_schema: true,
             format: JsonFormat::default(),
             max_string_length: None,
@@ -127,6 +125,14 @@ impl Default for GuidedOptions {
         }
     }
 }
+
+setters!(GuidedOptions {
+    generate: GenerateOptions,
+    describe_schema: bool,
+    format: JsonFormat,
+    max_string_length: Option<usize>,
+    max_array_items: Option<usize>,
+});
 
 impl GuidedOptions {
     /// Default options with a budget of `max_tokens`.

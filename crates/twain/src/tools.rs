@@ -146,6 +146,7 @@ pub enum ToolChoice {
 
 /// Options of [`Session::respond_with_tools`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ToolOptions {
     /// Most tool calls before the model must have answered (default 4).
     pub max_rounds: usize,
@@ -173,6 +174,14 @@ impl Default for ToolOptions {
         }
     }
 }
+
+setters!(ToolOptions {
+    max_rounds: usize,
+    on_error: ToolErrorPolicy,
+    first_choice: ToolChoice,
+    answer_when_exhausted: bool,
+    guided: GuidedOptions,
+});
 
 /// One tool call the model made.
 #[derive(Debug, Clone, PartialEq)]

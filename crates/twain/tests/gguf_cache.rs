@@ -152,16 +152,10 @@ fn a_gguf_is_kept_cached_and_rebuilt_when_its_record_is_stale() {
 
     // The cached file answers as the in-memory kept load does, and as the
     // file's own weights dequantized to f32 (the tiny model's greedy path).
-    let opts = || LoadOptions {
-        kv_dtype: twain_core::KvDtype::F32,
-        ..Default::default()
-    };
+    let opts = || LoadOptions::default().kv_dtype(twain_core::KvDtype::F32);
     let cached = Engine::load(&p1, opts()).unwrap();
     let kept = Engine::load(&src, opts()).unwrap();
-    let f32_opts = LoadOptions {
-        preset: Some(twain_convert::Preset::F32),
-        ..opts()
-    };
+    let f32_opts = opts().preset(Some(twain_convert::Preset::F32));
     let own = Engine::load(&src, f32_opts).unwrap();
     let prompt = [1u32, 5, 9, 17, 33];
     let a = greedy(&cached, &prompt, 12);

@@ -26,10 +26,7 @@ fn engine() -> &'static Engine {
 /// 100 characters: the outputs are then bounded whatever a change in the
 /// model's numerics makes greedy decoding repeat.
 fn opts() -> GuidedOptions {
-    GuidedOptions {
-        max_string_length: Some(100),
-        ..GuidedOptions::max_tokens(400)
-    }
+    GuidedOptions::max_tokens(400).max_string_length(Some(100))
 }
 
 /// The JSON text of the last answer.

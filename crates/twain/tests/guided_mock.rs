@@ -64,10 +64,7 @@ impl Tokenize for Bytes {
 }
 
 fn opts() -> GuidedOptions {
-    GuidedOptions {
-        max_string_length: Some(4),
-        ..GuidedOptions::default()
-    }
+    GuidedOptions::default().max_string_length(Some(4))
 }
 
 fn session() -> Session<Flat> {
@@ -148,13 +145,7 @@ fn snapshots_extend_each_other_and_end_in_the_value() {
 #[test]
 fn budget_cancel_and_context_errors_are_typed() {
     let mut s = session();
-    let r = s.respond_as::<Thing>(
-        "x",
-        GuidedOptions {
-            max_string_length: Some(4),
-            ..GuidedOptions::max_tokens(3)
-        },
-    );
+    let r = s.respond_as::<Thing>("x", GuidedOptions::max_tokens(3).max_string_length(Some(4)));
     assert!(
         matches!(
             r,
@@ -236,19 +227,13 @@ fn max_string_length_bounds_free_strings() {
         text: String,
     }
     let mut s = session();
-    let o = GuidedOptions {
-        max_string_length: Some(5),
-        ..GuidedOptions::default()
-    };
+    let o = GuidedOptions::default().max_string_length(Some(5));
     let v = s.respond_json("x", &schema_of::<Free>(), o).unwrap();
     assert_eq!(v, json!({"text": "     "}));
     // A string with only a minimum length is capped too.
     let schema = json!({"type": "object", "properties": {"t": {"type": "string", "minLength": 3}},
                         "required": ["t"], "additionalProperties": false});
-    let o = GuidedOptions {
-        max_string_length: Some(5),
-        ..GuidedOptions::default()
-    };
+    let o = GuidedOptions::default().max_string_length(Some(5));
     let v = s.respond_json("x", &schema, o).unwrap();
     assert_eq!(v, json!({"t": "     "}));
     // Without the cap the string runs until the budget, and budget-aware
@@ -294,10 +279,7 @@ fn tool_rounds_over_the_toy_model() {
     // Flat logits always pick the lowest bytes: `{"answer"` sorts before
     // `{"tool"`, so Auto answers at once; Required calls echo first, with
     // blank text, which fails and is reported to the model.
-    let tool_opts = || ToolOptions {
-        guided: opts(),
-        ..ToolOptions::default()
-    };
+    let tool_opts = || ToolOptions::default().guided(opts());
     let mut s = session();
     let tools: [&dyn DynTool; 1] = [&Echo];
     let r = s.respond_with_tools("x", &tools, tool_opts()).unwrap();
@@ -305,14 +287,7 @@ fn tool_rounds_over_the_toy_model() {
     assert_eq!(r.answer, "    ");
     let mut s = session();
     let r = s
-        .respond_with_tools(
-            "x",
-            &tools,
-            ToolOptions {
-                first_choice: ToolChoice::Required,
-                ..tool_opts()
-            },
-        )
+        .respond_with_tools("x", &tools, tool_opts().first_choice(ToolChoice::Required))
         .unwrap();
     assert_eq!(r.calls.len(), 1);
     assert_eq!(r.calls[0].output, Err(ToolError::new("empty")));
@@ -353,11 +328,9 @@ fn a_tool_output_survives_a_failed_next_round() {
     let r = s.respond_with_tools(
         "x",
         &tools,
-        ToolOptions {
-            first_choice: ToolChoice::Required,
-            guided: opts(),
-            ..ToolOptions::default()
-        },
+        ToolOptions::default()
+            .first_choice(ToolChoice::Required)
+            .guided(opts()),
     );
     assert!(
         matches!(
@@ -397,10 +370,7 @@ fn max_array_items_bounds_free_arrays() {
         at_least_three: Vec<u8>,
     }
     let mut s = session();
-    let o = GuidedOptions {
-        max_array_items: Some(2),
-        ..opts()
-    };
+    let o = opts().max_array_items(Some(2));
     let v: Lists = s.respond_as("x", o).unwrap();
     // "0" sorts before "]": items go on up to the cap (the minimum wins over it).
     assert_eq!(v.free, vec![0, 0]);
@@ -450,10 +420,7 @@ fn recursive_schemas_are_described_and_generated_in_bounded_time() {
         matches!(r, Ok(_) | Err(GuidedError::Incomplete { .. })),
         "{r:?}"
     );
-    let o = GuidedOptions {
-        max_array_items: Some(2),
-        ..GuidedOptions::max_tokens(64)
-    };
+    let o = GuidedOptions::max_tokens(64).max_array_items(Some(2));
     let r = s.respond_as::<Tree>("x", o);
     assert!(
         matches!(r, Ok(_) | Err(GuidedError::Incomplete { .. })),
@@ -479,10 +446,7 @@ fn every_budget_that_fits_the_shortest_value_gives_a_finished_value() {
         "additionalProperties": false
     });
     let shortest = r#"{"name": "", "tags": [], "note": ""}"#.len();
-    let loose = || GuidedOptions {
-        describe_schema: false,
-        ..GuidedOptions::default()
-    };
+    let loose = || GuidedOptions::default().describe_schema(false);
     for budget in shortest..shortest + 40 {
         let mut s = session();
         let mut o = loose();

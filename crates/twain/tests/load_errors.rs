@@ -34,10 +34,7 @@ fn a_truncated_gguf_is_a_file_error() {
     let bytes = std::fs::read(fixture()).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
     for preset in [None, Some(twain::engine::DEFAULT_PRESET)] {
-        let opts = LoadOptions {
-            preset,
-            ..LoadOptions::default()
-        };
+        let opts = LoadOptions::default().preset(preset);
         let err = Engine::load(&p, opts)
             .err()
             .expect("a truncated file cannot load");

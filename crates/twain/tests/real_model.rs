@@ -17,10 +17,7 @@ fn multi_turn_chat_reuses_the_cache_and_answers() {
     let (a1, why) = s
         .respond(
             "What is the capital of France? Answer in one sentence.",
-            GenerateOptions {
-                max_tokens: 24,
-                ..Default::default()
-            },
+            GenerateOptions::default().max_tokens(24),
         )
         .unwrap()
         .collect_text()
@@ -30,13 +27,7 @@ fn multi_turn_chat_reuses_the_cache_and_answers() {
     let before = s.state().tokens_processed();
     let held = s.tokens().len();
     let g = s
-        .respond(
-            "And of Italy?",
-            GenerateOptions {
-                max_tokens: 16,
-                ..Default::default()
-            },
-        )
+        .respond("And of Italy?", GenerateOptions::default().max_tokens(16))
         .unwrap();
     drop(g);
     let new_tokens = s.tokens().len() - held;
@@ -64,13 +55,7 @@ fn passing_the_context_window_is_a_typed_error_and_the_session_survives() {
     }
     assert!(s.transcript().is_empty());
     let (text, _) = s
-        .respond(
-            "Hi",
-            GenerateOptions {
-                max_tokens: 5,
-                ..Default::default()
-            },
-        )
+        .respond("Hi", GenerateOptions::default().max_tokens(5))
         .unwrap()
         .collect_text()
         .unwrap();
@@ -82,10 +67,7 @@ fn a_session_swaps_adapters_over_one_base() {
     let engine = engine(None);
     let lora = common::random_ffn_down_lora(&engine, 1);
     let q = "What is the capital of France?";
-    let opts = || GenerateOptions {
-        max_tokens: 12,
-        ..Default::default()
-    };
+    let opts = || GenerateOptions::default().max_tokens(12);
     let mut plain = engine.session();
     let (base_answer, _) = plain.respond(q, opts()).unwrap().collect_text().unwrap();
 

@@ -143,10 +143,7 @@ fn stop_sequence_spanning_tokens_never_leaks() {
         b"uestion: more".to_vec(),
     ];
     let mut s = session(chunks, 4096);
-    let opts = GenerateOptions {
-        stop: vec!["\nQuestion:".into()],
-        ..Default::default()
-    };
+    let opts = GenerateOptions::default().stop(vec!["\nQuestion:".into()]);
     let ev = events(&mut s, "q", opts);
     let text = texts(&ev).concat();
     assert_eq!(text, "The answer is 42.");
@@ -214,13 +211,7 @@ fn running_out_of_context_while_generating_is_an_error_not_a_panic() {
     let chunks: Vec<Vec<u8>> = (0..100).map(|_| b"a".to_vec()).collect();
     let mut s = session(chunks, 60);
     let g = s
-        .respond(
-            "hi",
-            GenerateOptions {
-                max_tokens: 1000,
-                ..Default::default()
-            },
-        )
+        .respond("hi", GenerateOptions::default().max_tokens(1000))
         .unwrap();
     let results: Vec<_> = g.collect();
     assert!(matches!(
@@ -230,13 +221,7 @@ fn running_out_of_context_while_generating_is_an_error_not_a_panic() {
     // usable afterwards once the transcript is reset
     s.reset();
     assert!(s
-        .respond(
-            "hi",
-            GenerateOptions {
-                max_tokens: 3,
-                ..Default::default()
-            }
-        )
+        .respond("hi", GenerateOptions::default().max_tokens(3))
         .is_ok());
 }
 
@@ -244,14 +229,7 @@ fn running_out_of_context_while_generating_is_an_error_not_a_panic() {
 fn max_tokens_and_cancel_end_the_stream() {
     let chunks: Vec<Vec<u8>> = (0..50).map(|i| format!("{i} ").into_bytes()).collect();
     let mut s = session(chunks, 4096);
-    let ev = events(
-        &mut s,
-        "count",
-        GenerateOptions {
-            max_tokens: 3,
-            ..Default::default()
-        },
-    );
+    let ev = events(&mut s, "count", GenerateOptions::default().max_tokens(3));
     assert_eq!(texts(&ev).concat(), "0 1 2 ");
     assert_eq!(
         ev.iter().filter(|e| matches!(e, Event::Token(_))).count(),
@@ -263,11 +241,9 @@ fn max_tokens_and_cancel_end_the_stream() {
     let mut g = s
         .respond(
             "count",
-            GenerateOptions {
-                max_tokens: 100,
-                cancel: Some(cancel.clone()),
-                ..Default::default()
-            },
+            GenerateOptions::default()
+                .max_tokens(100)
+                .cancel(Some(cancel.clone())),
         )
         .unwrap();
     let mut n = 0;

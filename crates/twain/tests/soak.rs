@@ -189,12 +189,10 @@ fn guided_opts(max_tokens: usize) -> GuidedOptions {
 }
 
 fn tool_opts(choice: ToolChoice) -> ToolOptions {
-    let mut o = ToolOptions {
-        max_rounds: 1,
-        first_choice: choice,
-        answer_when_exhausted: true,
-        ..Default::default()
-    };
+    let mut o = ToolOptions::default()
+        .max_rounds(1)
+        .first_choice(choice)
+        .answer_when_exhausted(true);
     o.guided = guided_opts(40);
     o
 }
@@ -230,10 +228,7 @@ fn is_overflow(e: &GuidedError) -> bool {
 fn run_turn(s: &mut S, turn: &Turn, adapters: &[Arc<dyn LinearDelta>]) -> String {
     match turn {
         Turn::Chat(q, n) => {
-            let opts = GenerateOptions {
-                max_tokens: *n,
-                ..Default::default()
-            };
+            let opts = GenerateOptions::default().max_tokens(*n);
             let (text, why) = s.respond(q, opts).unwrap().collect_text().unwrap();
             format!("chat {text:?} {why:?}")
         }
@@ -250,11 +245,9 @@ fn run_turn(s: &mut S, turn: &Turn, adapters: &[Arc<dyn LinearDelta>]) -> String
         }
         Turn::CancelChat(q, n) => {
             let cancel = CancelFlag::new();
-            let opts = GenerateOptions {
-                max_tokens: 64,
-                cancel: Some(cancel.clone()),
-                ..Default::default()
-            };
+            let opts = GenerateOptions::default()
+                .max_tokens(64)
+                .cancel(Some(cancel.clone()));
             let mut tokens = 0;
             let mut text = String::new();
             let mut why = None;

@@ -112,12 +112,10 @@ fn a_successful_call_feeds_its_output_back_and_the_model_answers() {
         .respond_with_tools(
             "What is the weather in Paris?",
             &tools,
-            ToolOptions {
-                first_choice: ToolChoice::Tool("get_weather".into()),
-                max_rounds: 2,
-                answer_when_exhausted: true,
-                ..opts()
-            },
+            opts()
+                .first_choice(ToolChoice::Tool("get_weather".into()))
+                .max_rounds(2)
+                .answer_when_exhausted(true),
         )
         .unwrap();
     assert_eq!(r.calls[0].tool, "get_weather");
@@ -149,12 +147,10 @@ fn a_failing_tool_is_reported_to_the_model_by_default() {
         .respond_with_tools(
             "What is Apple's stock price?",
             &tools,
-            ToolOptions {
-                first_choice: ToolChoice::Tool("stock_price".into()),
-                max_rounds: 2,
-                answer_when_exhausted: true,
-                ..opts()
-            },
+            opts()
+                .first_choice(ToolChoice::Tool("stock_price".into()))
+                .max_rounds(2)
+                .answer_when_exhausted(true),
         )
         .unwrap();
     assert_eq!(r.calls[0].tool, "stock_price");
@@ -181,11 +177,9 @@ fn a_failing_tool_is_a_typed_error_with_the_fail_policy() {
     match s.respond_with_tools(
         "What is Microsoft's stock price?",
         &tools,
-        ToolOptions {
-            first_choice: ToolChoice::Tool("stock_price".into()),
-            on_error: ToolErrorPolicy::Fail,
-            ..opts()
-        },
+        opts()
+            .first_choice(ToolChoice::Tool("stock_price".into()))
+            .on_error(ToolErrorPolicy::Fail),
     ) {
         Err(GuidedError::Tool { tool, error }) => {
             assert_eq!(tool, "stock_price");
@@ -200,11 +194,7 @@ fn a_failing_tool_is_a_typed_error_with_the_fail_policy() {
         .respond_with_tools(
             "And the weather in Rome?",
             &[&weather_ok as &dyn DynTool],
-            ToolOptions {
-                max_rounds: 1,
-                answer_when_exhausted: true,
-                ..opts()
-            },
+            opts().max_rounds(1).answer_when_exhausted(true),
         )
         .unwrap();
     assert!(r.calls.len() <= 1);
@@ -218,11 +208,7 @@ fn rounds_are_bounded() {
     match s.respond_with_tools(
         "Weather in Oslo?",
         &tools,
-        ToolOptions {
-            first_choice: ToolChoice::Required,
-            max_rounds: 0,
-            ..opts()
-        },
+        opts().first_choice(ToolChoice::Required).max_rounds(0),
     ) {
         Err(GuidedError::TooManyToolRounds { rounds: 0 }) => {}
         other => panic!("expected TooManyToolRounds, got {other:?}"),
@@ -234,14 +220,7 @@ fn rounds_are_bounded() {
         "Hello! How are you?",
     ] {
         let mut s = engine().session();
-        match s.respond_with_tools(
-            prompt,
-            &tools,
-            ToolOptions {
-                max_rounds: 2,
-                ..opts()
-            },
-        ) {
+        match s.respond_with_tools(prompt, &tools, opts().max_rounds(2)) {
             Ok(r) => {
                 for c in &r.calls {
                     let t = tools
@@ -286,10 +265,7 @@ fn the_turn_schema_is_valid_and_names_are_checked() {
         s.respond_with_tools(
             "x",
             &tools,
-            ToolOptions {
-                first_choice: ToolChoice::Tool("nope".into()),
-                ..opts()
-            }
+            opts().first_choice(ToolChoice::Tool("nope".into()))
         ),
         Err(GuidedError::Tools(_))
     ));

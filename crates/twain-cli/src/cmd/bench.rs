@@ -88,11 +88,9 @@ fn synthetic_model(
     };
     Ok(Transformer::from_loaded(
         loaded,
-        twain_core::TransformerOptions {
-            kv_dtype,
-            skip_shared_prefill: skip,
-            ..Default::default()
-        },
+        twain_core::TransformerOptions::default()
+            .kv_dtype(kv_dtype)
+            .skip_shared_prefill(skip),
     )?)
 }
 

@@ -51,10 +51,7 @@ fn generate_json(
     let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
     let schema: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))?;
-    let opts = twain::GuidedOptions {
-        generate: gen_opts(sample),
-        ..Default::default()
-    };
+    let opts = twain::GuidedOptions::default().generate(gen_opts(sample));
     let mut out = std::io::stdout().lock();
     let mut g = session.respond_json_stream(prompt, &schema, opts)?;
     let mut end = None;

@@ -17,11 +17,9 @@ pub fn load_q8(context: Option<usize>) -> Engine {
     });
     Engine::load(
         &path,
-        LoadOptions {
-            preset: Some(Preset::Q8),
-            context_length: context,
-            ..Default::default()
-        },
+        LoadOptions::default()
+            .preset(Some(Preset::Q8))
+            .context_length(context),
     )
     .expect("load the default model")
 }
