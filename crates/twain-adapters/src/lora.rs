@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+use twain_core::BoxError;
 use twain_core::{LinearDelta, LoadedModel, ModelConfig};
 use twain_io::{RopeLayout, Tensor};
 
@@ -428,18 +429,23 @@ fn model_shape(model: &LoadedModel, name: &str) -> Option<(usize, usize)> {
 }
 
 impl LinearDelta for LoraAdapter {
-    fn apply(&self, tensor: &str, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), String> {
+    fn apply(&self, tensor: &str, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), BoxError> {
         let Some(t) = self.targets.get(tensor) else {
             return Ok(());
         };
         if x.len() != n * t.cols || y.len() != n * t.rows {
-            return Err(format!(
-                "LoRA target is {}x{}, got input of {} values and output of {} for {n} rows",
-                t.rows,
-                t.cols,
-                x.len(),
-                y.len()
-            ));
+            return Err(AdapterError::BadTensor {
+                path: PathBuf::new(),
+                tensor: tensor.to_string(),
+                what: format!(
+                    "LoRA target is {}x{}, got input of {} values and output of {} for {n} rows",
+                    t.rows,
+                    t.cols,
+                    x.len(),
+                    y.len()
+                ),
+            }
+            .into());
         }
         let s = t.scaling * self.mult;
         if s != 0.0 {
@@ -448,8 +454,8 @@ impl LinearDelta for LoraAdapter {
         Ok(())
     }
 
-    fn validate(&self, shape_of: &dyn Fn(&str) -> Option<(usize, usize)>) -> Result<(), String> {
-        self.check(shape_of).map_err(|e| e.to_string())
+    fn validate(&self, shape_of: &dyn Fn(&str) -> Option<(usize, usize)>) -> Result<(), BoxError> {
+        Ok(self.check(shape_of)?)
     }
 }
 

@@ -211,10 +211,19 @@ fn conversion_with_statistics_is_deterministic_and_checks_its_input() {
 struct NoDelta;
 
 impl twain_core::LinearDelta for NoDelta {
-    fn apply(&self, _: &str, _: &[f32], _: usize, _: &mut [f32]) -> Result<(), String> {
+    fn apply(
+        &self,
+        _: &str,
+        _: &[f32],
+        _: usize,
+        _: &mut [f32],
+    ) -> Result<(), twain_core::BoxError> {
         Ok(())
     }
-    fn validate(&self, _: &dyn Fn(&str) -> Option<(usize, usize)>) -> Result<(), String> {
+    fn validate(
+        &self,
+        _: &dyn Fn(&str) -> Option<(usize, usize)>,
+    ) -> Result<(), twain_core::BoxError> {
         Ok(())
     }
 }

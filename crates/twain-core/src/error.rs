@@ -15,9 +15,19 @@ pub enum CoreError {
         /// What is wrong with it.
         problem: String,
     },
-    /// An adapter does not fit the model (the message names the tensor).
+    /// An adapter does not fit the model; the source is the adapter's own
+    /// error (for LoRA a `twain_adapters::AdapterError`, which names the tensor).
     #[error("adapter: {0}")]
-    Adapter(String),
+    Adapter(#[source] twain_model::BoxError),
+    /// An adapter failed while applied to linear layer `tensor`.
+    #[error("tensor {tensor}: adapter: {source}")]
+    AdapterApply {
+        /// Canonical tensor name, e.g. `blk.3.attn_q.weight`.
+        tensor: String,
+        /// The adapter's error.
+        #[source]
+        source: twain_model::BoxError,
+    },
     /// Reading model files failed.
     #[error(transparent)]
     Io(#[from] twain_io::IoError),

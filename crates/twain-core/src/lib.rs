@@ -61,3 +61,5 @@ pub use transformer::{
     validate_config, LinearDelta, Observer, State, Transformer, TransformerOptions,
 };
 pub use twain_io::{LoadedModel, ModelConfig};
+/// The error type a [`LinearDelta`] returns (any error, boxed).
+pub use twain_model::BoxError;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use twain_io::{LoadedModel, ModelConfig, Tensor};
-use twain_model::{Model, ModelError, ModelInfo, SpecialTokens, TokenId};
+use twain_model::{BoxError, Model, ModelError, ModelInfo, SpecialTokens, TokenId};
 use twain_quant::{matmul, matmul_many, Parallelism};
 
 use crate::kv::{KvDtype, LayerCache};
@@ -110,12 +110,12 @@ pub trait LinearDelta: Send + Sync + std::fmt::Debug {
     /// `y += delta_W x` for the linear layer `tensor` (canonical name such as
     /// `blk.3.attn_q.weight`): `x` is n x cols, `y` is n x rows, row-major.
     /// Layers the delta does not touch are left alone.
-    fn apply(&self, tensor: &str, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), String>;
+    fn apply(&self, tensor: &str, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), BoxError>;
 
     /// Check that the delta fits a model: every target exists with the shape
     /// `shape_of` reports (rows, cols), and no target is a K/V projection of a
-    /// layer that reads another layer's cache. The message names the tensor.
-    fn validate(&self, shape_of: &dyn Fn(&str) -> Option<(usize, usize)>) -> Result<(), String>;
+    /// layer that reads another layer's cache. The error names the tensor.
+    fn validate(&self, shape_of: &dyn Fn(&str) -> Option<(usize, usize)>) -> Result<(), BoxError>;
 }
 
 /// Activation buffers reused across layers and calls.
@@ -850,9 +850,9 @@ fn linear_many(
         for (w, y) in ws.iter().zip(ys.iter_mut()) {
             let cols = w.shape().get(1).copied().unwrap_or(x.len());
             d.apply(w.name(), x, x.len() / cols.max(1), y)
-                .map_err(|problem| CoreError::Tensor {
-                    name: w.name().to_string(),
-                    problem: format!("adapter: {problem}"),
+                .map_err(|source| CoreError::AdapterApply {
+                    tensor: w.name().to_string(),
+                    source,
                 })?;
         }
     }

@@ -335,7 +335,13 @@ struct DenseDelta {
 }
 
 impl twain_core::LinearDelta for DenseDelta {
-    fn apply(&self, tensor: &str, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), String> {
+    fn apply(
+        &self,
+        tensor: &str,
+        x: &[f32],
+        n: usize,
+        y: &mut [f32],
+    ) -> Result<(), twain_core::BoxError> {
         if tensor != self.tensor {
             return Ok(());
         }
@@ -351,15 +357,19 @@ impl twain_core::LinearDelta for DenseDelta {
         }
         Ok(())
     }
-    fn validate(&self, shape_of: &dyn Fn(&str) -> Option<(usize, usize)>) -> Result<(), String> {
+    fn validate(
+        &self,
+        shape_of: &dyn Fn(&str) -> Option<(usize, usize)>,
+    ) -> Result<(), twain_core::BoxError> {
         match shape_of(&self.tensor) {
             Some(s) if s == (self.rows, self.cols) => Ok(()),
             Some(s) => Err(format!(
                 "{}: model has {s:?}, delta has {:?}",
                 self.tensor,
                 (self.rows, self.cols)
-            )),
-            None => Err(format!("{}: no such linear layer", self.tensor)),
+            )
+            .into()),
+            None => Err(format!("{}: no such linear layer", self.tensor).into()),
         }
     }
 }
