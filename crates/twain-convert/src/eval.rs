@@ -41,9 +41,30 @@ fn argmax(l: &[f32]) -> usize {
     b
 }
 
+/// Why an evaluation could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvalError {
+    /// Windows must hold at least 4 tokens.
+    #[error("window length {ctx} is too short")]
+    WindowTooShort {
+        /// The window length asked for.
+        ctx: usize,
+    },
+    /// The text does not fill one window.
+    #[error("the text has {tokens} tokens, fewer than one window of {ctx}")]
+    TextTooShort {
+        /// Tokens in the text.
+        tokens: usize,
+        /// The window length.
+        ctx: usize,
+    },
+}
+
 /// Perplexity of `model` on `tokens` (windows of `ctx`, at most `max_chunks`),
 /// and with `base` the mean KL divergence and top-1 agreement against it.
-/// `progress` is called with (done, total) windows.
+/// `progress` is called with (done, total) windows. Bad arguments are a
+/// [`ModelError::Other`] holding an [`EvalError`].
 pub fn perplexity(
     model: &Transformer,
     base: Option<&Transformer>,
@@ -53,19 +74,17 @@ pub fn perplexity(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<EvalReport, ModelError> {
     if ctx < 4 {
-        return Err(ModelError::Other(format!(
-            "window length {ctx} is too short"
-        )));
+        return Err(ModelError::other(EvalError::WindowTooShort { ctx }));
     }
     let mut chunks = tokens.len() / ctx;
     if let Some(m) = max_chunks {
         chunks = chunks.min(m);
     }
     if chunks == 0 {
-        return Err(ModelError::Other(format!(
-            "the text has {} tokens, fewer than one window of {ctx}",
-            tokens.len()
-        )));
+        return Err(ModelError::other(EvalError::TextTooShort {
+            tokens: tokens.len(),
+            ctx,
+        }));
     }
     let v = model.info().vocab_size;
     let first = ctx / 2;

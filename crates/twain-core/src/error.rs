@@ -43,7 +43,7 @@ impl From<CoreError> for twain_model::ModelError {
     fn from(e: CoreError) -> Self {
         match e {
             CoreError::Model(m) => m,
-            other => twain_model::ModelError::Other(other.to_string()),
+            other => twain_model::ModelError::other(other),
         }
     }
 }

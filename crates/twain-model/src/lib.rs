@@ -141,7 +141,7 @@ impl ModelInfo {
 }
 
 /// Errors a [`Model`] reports. A failed call leaves the state as it was.
-#[derive(Debug, Error, Clone, PartialEq)]
+#[derive(Debug, Error, Clone)]
 #[non_exhaustive]
 pub enum ModelError {
     /// `forward` was called with no tokens.
@@ -186,9 +186,43 @@ pub enum ModelError {
     /// The state was made by another model or is otherwise unusable with this one.
     #[error("state does not belong to this model: {0}")]
     ForeignState(String),
-    /// Anything else, with a message that says what and where.
+    /// Anything else: the implementation's own error, which says what and
+    /// where (for twain's transformer a `twain_core::CoreError`).
     #[error("{0}")]
-    Other(String),
+    Other(#[source] SharedError),
+}
+
+impl ModelError {
+    /// [`ModelError::Other`] holding `e` as its source.
+    pub fn other(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ModelError::Other(SharedError(std::sync::Arc::new(e)))
+    }
+}
+
+/// An implementation's own error inside a [`ModelError`], shared so the
+/// error stays `Clone`. It dereferences to the error itself, and
+/// [`ModelError`]'s `source()` is that error, so `downcast_ref` reaches the
+/// concrete type.
+#[derive(Clone)]
+pub struct SharedError(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::ops::Deref for SharedError {
+    type Target = dyn std::error::Error + Send + Sync;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// A language model that appends tokens to per-sequence states.
@@ -279,7 +313,10 @@ mod tests {
     #[test]
     fn check_forward_reports_each_problem() {
         let info = ModelInfo::new("t", 10, 4);
-        assert_eq!(info.check_forward(0, &[], 10), Err(ModelError::EmptyInput));
+        assert!(matches!(
+            info.check_forward(0, &[], 10),
+            Err(ModelError::EmptyInput)
+        ));
         assert!(matches!(
             info.check_forward(0, &[1, 10], 10),
             Err(ModelError::TokenOutOfRange {
@@ -303,6 +340,16 @@ mod tests {
                 got: 9
             })
         ));
-        assert_eq!(info.check_forward(2, &[1, 2], 10), Ok(()));
+        assert!(info.check_forward(2, &[1, 2], 10).is_ok());
+    }
+
+    #[test]
+    fn other_keeps_its_typed_source() {
+        use std::error::Error as _;
+        let e = ModelError::other(std::io::Error::other("disk"));
+        let copy = e.clone();
+        assert_eq!(e.to_string(), "disk");
+        let src = copy.source().expect("a source");
+        assert!(src.downcast_ref::<std::io::Error>().is_some());
     }
 }

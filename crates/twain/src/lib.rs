@@ -95,6 +95,6 @@ pub use tools::{Tool, ToolError};
 #[cfg(feature = "core")]
 pub use twain_adapters as adapters;
 pub use twain_guide as guide;
-pub use twain_model::{Model, ModelError, ModelInfo, SpecialTokens, TokenId};
+pub use twain_model::{Model, ModelError, ModelInfo, SharedError, SpecialTokens, TokenId};
 pub use twain_sample as sample;
 pub use twain_sample::Sampler;
