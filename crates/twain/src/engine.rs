@@ -27,9 +27,10 @@ pub const DEFAULT_CACHE_VERSION: u32 = 4;
 /// How to load a model.
 #[non_exhaustive]
 pub struct LoadOptions<'a> {
-    /// Re-quantize GGUF / Hugging Face weights (or a native file) with this
-    /// preset; `None` keeps native files as stored and converts others with
-    /// [`DEFAULT_PRESET`].
+    /// Re-quantize the weights with this preset (in memory, on every load;
+    /// [`cached_conversion`] does it once). `None` converts nothing: a GGUF
+    /// keeps its own types ([`twain_io::keep`]), a Hugging Face folder its
+    /// values (as f32), a native file what it stores.
     pub preset: Option<Preset>,
     /// Retrofit a KV-sharing ratio such as (5, 3).
     pub kv_share: Option<(usize, usize)>,
@@ -128,9 +129,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 impl Engine {
     /// Load a GGUF file, a Hugging Face directory or a twain native file.
     ///
-    /// Without a preset a GGUF file keeps its own precision
-    /// ([`twain_io::keep`]: Q8_0 and Q4_0 bit-exact, other types widened);
-    /// [`cached_conversion`] does the same once and caches the result.
+    /// Without a preset nothing is converted: a GGUF file keeps its own
+    /// precision ([`twain_io::keep`]: Q8_0 and Q4_0 bit-exact, other types
+    /// widened), a Hugging Face folder loads as f32, a native file as
+    /// stored. [`cached_conversion`] converts once and caches the result.
     pub fn load(path: impl AsRef<Path>, opts: LoadOptions<'_>) -> Result<Engine, Error> {
         let path = path.as_ref();
         let keep = opts.preset.is_none() && is_gguf(path);
@@ -141,13 +143,10 @@ impl Engine {
         };
         let tokenizer = Tokenizer::from_loaded(&loaded).map_err(load_err)?;
         let template = build_template(&loaded, &tokenizer)?;
-        // A twain native file records its preset; GGUF and HF sources do not.
-        let is_native = loaded.provenance.contains_key("twain.preset");
-        let preset = match (opts.preset, is_native || keep) {
-            (Some(p), _) => Some(p),
-            (None, true) => None,
-            (None, false) => Some(DEFAULT_PRESET),
-        };
+        // Without a preset nothing is converted: a GGUF keeps its types
+        // (above), a Hugging Face folder its values (read as f32), a native
+        // file what it stores. Compressing is the caller's explicit choice.
+        let preset = opts.preset;
         let loaded = if keep {
             loaded
         } else if preset.is_some() || opts.kv_share.is_some() {
