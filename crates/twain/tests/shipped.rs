@@ -71,8 +71,9 @@ fn the_shipped_afm_models_reassemble_and_recover() {
     assert!(bits < 2.2, "{bits}");
     let k = kld(afm.clone(), &f32m);
     eprintln!("shipped afm: mean KLD {k:.4}");
-    // On the whole text: untrained afm 1.91, recovered 0.86 (here 0.98).
-    assert!(k < 1.2, "mean KLD {k}");
+    // Trained on broad data (docs/quality.md): here 1.59 (the earlier
+    // chat-and-KJV-trained pack 0.98; untrained afm 1.91 on the whole text).
+    assert!(k < 1.8, "mean KLD {k}");
     let (_, patch) = shipped_recovery(Preset::Afm, Some((5, 3))).expect("the 5:3 variant ships");
     let patch = patch.unwrap();
     let shared = twain_io::apply_patch(afm, &patch, &pack_id(&pack).unwrap()).unwrap();
@@ -81,7 +82,8 @@ fn the_shipped_afm_models_reassemble_and_recover() {
     assert!(decoder_bits(&shared) < 2.2);
     let k = kld(shared, &f32m);
     eprintln!("shipped afm, KV-shared 5:3: mean KLD {k:.4}");
-    // On the whole text: the untrained 5:3 afm 9.03, recovered 2.39
-    // (here 2.14).
-    assert!(k < 2.6, "mean KLD {k}");
+    // The untrained 5:3 afm 9.03 on the whole text; the broad-trained
+    // patch here 3.24 (the earlier chat-and-KJV one 2.14, which was 4.5-6.0
+    // on the held-out prose and code: docs/quality.md).
+    assert!(k < 3.6, "mean KLD {k}");
 }
