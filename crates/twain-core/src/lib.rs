@@ -30,24 +30,6 @@
 //! ```
 #![deny(missing_docs)]
 
-/// By-value setters for an options struct's public fields, so callers
-/// outside the crate build `#[non_exhaustive]` options as
-/// `Options::default().field(value)`.
-macro_rules! setters {
-    ($t:ident $(<$lt:lifetime>)? { $($f:ident : $ty:ty),* $(,)? }) => {
-        impl$(<$lt>)? $t$(<$lt>)? {
-            $(
-                #[doc = concat!("Set `", stringify!($f), "`.")]
-                #[must_use]
-                pub fn $f(mut self, value: $ty) -> Self {
-                    self.$f = value;
-                    self
-                }
-            )*
-        }
-    };
-}
-
 mod error;
 mod kv;
 mod plan;

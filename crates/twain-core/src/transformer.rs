@@ -38,7 +38,7 @@ impl Default for TransformerOptions {
     }
 }
 
-setters!(TransformerOptions {
+twain_model::setters!(TransformerOptions {
     kv_dtype: KvDtype,
     prefill_chunk: usize,
     skip_shared_prefill: bool,

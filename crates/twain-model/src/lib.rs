@@ -50,6 +50,26 @@ use thiserror::Error;
 
 mod text;
 
+/// By-value setters for an options struct's public fields, so callers
+/// outside the crate build `#[non_exhaustive]` options as
+/// `Options::default().field(value)`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! setters {
+    ($t:ident $(<$lt:lifetime>)? { $($f:ident : $ty:ty),* $(,)? }) => {
+        impl$(<$lt>)? $t$(<$lt>)? {
+            $(
+                #[doc = concat!("Set `", stringify!($f), "`.")]
+                #[must_use]
+                pub fn $f(mut self, value: $ty) -> Self {
+                    self.$f = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
 pub use text::{BoxError, ChatFormat, ChatMl, Message, Role, Tokenize};
 
 /// A token id in a model's vocabulary.

@@ -61,7 +61,7 @@ impl Default for LoadOptions<'_> {
     }
 }
 
-setters!(LoadOptions<'a> {
+twain_model::setters!(LoadOptions<'a> {
     preset: Option<Preset>,
     kv_share: Option<(usize, usize)>,
     kv_dtype: KvDtype,

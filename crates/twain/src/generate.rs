@@ -52,7 +52,7 @@ impl Default for GenerateOptions {
     }
 }
 
-setters!(GenerateOptions {
+twain_model::setters!(GenerateOptions {
     max_tokens: usize,
     stop: Vec<String>,
     cancel: Option<CancelFlag>,

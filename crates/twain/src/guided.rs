@@ -126,7 +126,7 @@ impl Default for GuidedOptions {
     }
 }
 
-setters!(GuidedOptions {
+twain_model::setters!(GuidedOptions {
     generate: GenerateOptions,
     describe_schema: bool,
     format: JsonFormat,

@@ -175,7 +175,7 @@ impl Default for ToolOptions {
     }
 }
 
-setters!(ToolOptions {
+twain_model::setters!(ToolOptions {
     max_rounds: usize,
     on_error: ToolErrorPolicy,
     first_choice: ToolChoice,
