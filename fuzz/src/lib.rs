@@ -157,8 +157,8 @@ pub fn hf_folder(data: &[u8]) {
 }
 
 /// The config of the tiny model the adapter targets are checked against.
-fn base_config() -> &'static twain_io::ModelConfig {
-    static C: OnceLock<twain_io::ModelConfig> = OnceLock::new();
+fn base_config() -> &'static twain_core::ModelConfig {
+    static C: OnceLock<twain_core::ModelConfig> = OnceLock::new();
     C.get_or_init(|| seeds::tiny_config().clone())
 }
 

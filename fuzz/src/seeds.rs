@@ -7,8 +7,9 @@ use std::sync::OnceLock;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use twain_adapters::LoraAdapter;
+use twain_core::{ModelConfig, RopeLayout};
 use twain_io::gguf::{write_gguf, GgufTensorData};
-use twain_io::{expected_tensors, GgmlType, MetaValue, ModelConfig, RopeLayout};
+use twain_io::{GgmlType, MetaValue};
 
 use crate::join;
 
@@ -34,6 +35,12 @@ pub fn tiny_config() -> &'static ModelConfig {
         qkv_bias: false,
         kv_source: vec![0],
     })
+}
+
+/// Every tensor of a model with `cfg` (a valid config), with its shape.
+fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let plan = twain_core::validate_config(cfg).expect("the seed configs are valid");
+    twain_core::expected_tensors(cfg, &plan)
 }
 
 /// (rows, cols) of a 2-D tensor of a model with `cfg`, `None` when it has none by that name.

@@ -8,8 +8,9 @@ use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 use twain_core::ModelConfig;
+use twain_core::RopeLayout;
 use twain_io::gguf::{write_gguf, GgufTensorData};
-use twain_io::{GgmlType, GgufFile, MetaValue, RopeLayout};
+use twain_io::{GgmlType, GgufFile, MetaValue};
 
 use crate::lora::parse_target;
 use crate::{AdapterError, LoraAdapter};

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use twain_core::BoxError;
+use twain_core::RopeLayout;
 use twain_core::{LinearDelta, LoadedModel, ModelConfig};
-use twain_io::{RopeLayout, Tensor};
+use twain_io::Tensor;
 
 use crate::AdapterError;
 

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use twain_adapters::{merge_into, parse_target, AdapterError, LoraAdapter, MODULES};
 use twain_convert::synthetic::{self, SplitMix};
 use twain_convert::Preset;
+use twain_core::RopeLayout;
 use twain_core::{KvDtype, LinearDelta, LoadedModel, Transformer, TransformerOptions};
 use twain_io::gguf::{write_gguf, GgufTensorData};
-use twain_io::{GgmlType, GgufFile, MetaValue, RopeLayout, Tensor};
+use twain_io::{GgmlType, GgufFile, MetaValue, Tensor};
 use twain_model::Model;
 
 fn fixtures() -> PathBuf {

@@ -208,7 +208,7 @@ pub fn assemble(path: &Path, source: &LoadedModel) -> Result<LoadedModel, Conver
     model.tokenizer_json = source.tokenizer_json.clone();
     model.chat_template = source.chat_template.clone();
     model.gguf = source.gguf.clone();
-    twain_io::check_tensors(&model.config, &model.tensors, path)?;
+    twain_core::check_tensors(&model.config, &model.tensors)?;
     Ok(model)
 }
 

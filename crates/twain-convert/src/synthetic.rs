@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use twain_io::{LoadedModel, ModelConfig, RopeLayout, Tensor};
+use twain_core::{ModelConfig, RopeLayout};
+use twain_io::{LoadedModel, Tensor};
 use twain_quant::{quantize, QuantFormat, QuantizeOptions};
 
 use crate::ConvertError;

@@ -6,7 +6,7 @@ use twain_convert::{apply_plan, convert, synthetic, ConvertOptions, Preset};
 use twain_core::{KvDtype, KvPlan, Transformer, TransformerOptions};
 use twain_model::Model;
 
-fn qwen3_like() -> twain_io::ModelConfig {
+fn qwen3_like() -> twain_core::ModelConfig {
     let mut c = synthetic::tiny_config(4);
     c.arch = "qwen3".into();
     c.qk_norm = true;

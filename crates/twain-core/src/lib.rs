@@ -5,7 +5,8 @@
 //! layer's cache hold no K/V weights and allocate no cache, and prefill runs
 //! the layers after the last K/V-owning one on the last prompt token only.
 //!
-//! It holds the architecture: the config check, the plan, loading each layer
+//! It holds the architecture: what a [`ModelConfig`] means ([`arch`]: the
+//! config check and the tensors it needs), the plan, loading each layer
 //! from a tensor set, the forward pass and the KV cache. It does not convert
 //! or calibrate models, evaluate them or make random ones: that offline work
 //! is in `twain-convert`.
@@ -30,18 +31,19 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod arch;
 mod error;
 mod kv;
 mod plan;
 pub mod rope;
 mod transformer;
 
+pub use arch::{check_tensors, check_tensors_except, expected_tensors, validate_config};
 pub use error::CoreError;
 pub use kv::KvDtype;
 pub use plan::KvPlan;
-pub use transformer::{
-    validate_config, LinearDelta, Observer, State, Transformer, TransformerOptions,
-};
-pub use twain_io::{LoadedModel, ModelConfig};
+pub use transformer::{LinearDelta, Observer, State, Transformer, TransformerOptions};
+pub use twain_io::LoadedModel;
 /// The error type a [`LinearDelta`] returns (any error, boxed).
 pub use twain_model::BoxError;
+pub use twain_model::{ModelConfig, RopeLayout, RopeScaling};

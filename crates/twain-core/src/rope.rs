@@ -1,7 +1,7 @@
 //! Rotary position embeddings: frequency table (with optional Llama-3
 //! scaling) and application in either pair layout.
 
-use twain_io::{RopeLayout, RopeScaling};
+use twain_model::{RopeLayout, RopeScaling};
 
 /// Inverse frequencies for one head, with Llama-3 frequency scaling applied when given.
 pub fn inv_freqs(head_dim: usize, theta: f32, scaling: Option<RopeScaling>) -> Vec<f32> {

@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use twain_io::{LoadedModel, ModelConfig, Tensor};
+use twain_io::{LoadedModel, Tensor};
 use twain_model::{BoxError, Model, ModelError, ModelInfo, SpecialTokens, TokenId};
 use twain_quant::{matmul, matmul_many, Parallelism};
 
 use crate::kv::{KvDtype, LayerCache};
-use crate::{rope, CoreError, KvPlan};
+use crate::{arch, rope, CoreError, KvPlan, ModelConfig};
 
 /// Build-time options of a [`Transformer`].
 #[derive(Debug, Clone)]
@@ -264,19 +264,6 @@ impl Layer {
         let (d, hd) = (c.d_model, c.head_dim);
         let (q_dim, kv_dim) = (c.n_heads * hd, c.n_kv_heads * hd);
         let owns = plan.owns(l);
-        if !owns {
-            for name in KvPlan::kv_tensor_names(l) {
-                if src.tensors.contains_key(&name) {
-                    return Err(CoreError::Tensor {
-                        name,
-                        problem: format!(
-                            "layer {l} reads the K/V cache of layer {} and must not have its own K/V projection",
-                            plan.source(l)
-                        ),
-                    });
-                }
-            }
-        }
         let kv = |src: &mut TensorSource, n: &str| -> Result<Option<Tensor>, CoreError> {
             owns.then(|| src.matrix(&format!("{p}{n}.weight"), [kv_dim, d]))
                 .transpose()
@@ -306,7 +293,7 @@ impl Transformer {
     /// Build from a loaded model description (any mix of twain formats).
     pub fn from_loaded(model: LoadedModel, opts: TransformerOptions) -> Result<Self, CoreError> {
         let c = model.config.clone();
-        let plan = validate_config(&c)?;
+        let plan = arch::check_tensors(&c, &model.tensors)?;
         let mut src = TensorSource {
             tensors: model.tensors,
         };
@@ -947,45 +934,6 @@ fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
     for (a, &b) in x.iter_mut().zip(w) {
         *a *= inv * b;
     }
-}
-
-/// Check a config for the consistency the forward pass relies on, and
-/// return its KV plan.
-pub fn validate_config(c: &ModelConfig) -> Result<KvPlan, CoreError> {
-    let bad = |m: String| Err(CoreError::Config(m));
-    if c.n_layers == 0
-        || c.d_model == 0
-        || c.n_heads == 0
-        || c.n_kv_heads == 0
-        || c.head_dim == 0
-        || c.ffn_hidden == 0
-        || c.vocab_size == 0
-    {
-        return bad(format!("zero dimension in {c:?}"));
-    }
-    if !c.n_heads.is_multiple_of(c.n_kv_heads) {
-        return bad(format!(
-            "{} query heads is not a multiple of {} kv heads",
-            c.n_heads, c.n_kv_heads
-        ));
-    }
-    if !c.head_dim.is_multiple_of(2) {
-        return bad(format!("head_dim {} is odd (RoPE needs pairs)", c.head_dim));
-    }
-    if c.kv_source.len() != c.n_layers {
-        return bad(format!(
-            "kv_source has {} entries for {} layers",
-            c.kv_source.len(),
-            c.n_layers
-        ));
-    }
-    if c.rms_eps.is_nan() || c.rms_eps <= 0.0 || c.rope_theta.is_nan() || c.rope_theta <= 0.0 {
-        return bad(format!(
-            "rms_eps {} and rope_theta {} must be positive",
-            c.rms_eps, c.rope_theta
-        ));
-    }
-    KvPlan::from_sources(c.kv_source.clone())
 }
 
 impl Model for Transformer {

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use twain_convert::{synthetic, Preset};
-use twain_core::{KvDtype, KvPlan, ModelConfig, Transformer, TransformerOptions};
-use twain_io::RopeLayout;
+use twain_core::{KvDtype, KvPlan, ModelConfig, RopeLayout, Transformer, TransformerOptions};
 use twain_model::{Model, ModelError};
 
 fn build(config: &ModelConfig, preset: Preset, opts: TransformerOptions) -> Transformer {

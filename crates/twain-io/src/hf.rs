@@ -8,8 +8,10 @@ use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::backing::Backing;
-use crate::model::{check_tensors, LoadedModel};
-use crate::{IoError, ModelConfig, RopeLayout, RopeScaling, Tensor};
+use twain_model::{ModelConfig, RopeLayout, RopeScaling};
+
+use crate::model::LoadedModel;
+use crate::{IoError, Tensor};
 
 /// The canonical (GGUF-style) name of a Hugging Face Llama-family tensor name, or `None` when it
 /// is not a tensor twain uses (`model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight`).
@@ -344,7 +346,6 @@ pub(crate) fn load_hf_dir(dir: &Path) -> Result<LoadedModel, IoError> {
         // Some tied checkpoints still store lm_head; it is the embedding table.
         tensors.remove("output.weight");
     }
-    check_tensors(&config, &tensors, dir)?;
     let tokenizer_json = read_text(&dir.join("tokenizer.json"))?;
     let mut chat_template = read_text(&dir.join("chat_template.jinja"))?;
     if chat_template.is_none() {

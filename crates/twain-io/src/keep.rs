@@ -20,7 +20,7 @@ use std::sync::Arc;
 use half::f16;
 use twain_quant::{QMatrix, QuantFormat};
 
-use crate::model::{check_tensors, config_from_gguf};
+use crate::model::config_from_gguf;
 use crate::tensor::matrix_dims;
 use crate::{GgmlType, GgufFile, GgufTensorInfo, IoError, LoadedModel, Tensor};
 
@@ -202,7 +202,6 @@ pub fn model_from_gguf_kept(g: GgufFile) -> Result<(LoadedModel, BTreeMap<String
         tensors.insert(info.name.clone(), t);
         kept.insert(info.name.clone(), k);
     }
-    check_tensors(&config, &tensors, &path)?;
     let chat_template = match g.get("tokenizer.chat_template") {
         None => None,
         Some(v) => Some(

@@ -1,11 +1,14 @@
-//! The loaded-model description shared by every reader: [`LoadedModel`], the canonical tensor
-//! names, and the checks that a tensor set matches its [`ModelConfig`].
+//! The loaded-model description shared by every reader: [`LoadedModel`] and the canonical
+//! tensor names. Whether a tensor set is a model of its [`ModelConfig`] is twain-core's
+//! check (`twain_core::check_tensors`), not the readers'.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::{GgufFile, IoError, ModelConfig, RopeLayout, Tensor};
+use twain_model::{ModelConfig, RopeLayout};
+
+use crate::{GgufFile, IoError, Tensor};
 
 /// A model read from any supported file: config, tensors under canonical names, tokenizer.
 ///
@@ -15,7 +18,7 @@ use crate::{GgufFile, IoError, ModelConfig, RopeLayout, Tensor};
 /// `blk.{i}.attn_v.weight`, `blk.{i}.attn_output.weight`, `blk.{i}.ffn_norm.weight`,
 /// `blk.{i}.ffn_gate.weight`, `blk.{i}.ffn_up.weight`, `blk.{i}.ffn_down.weight`, with
 /// `blk.{i}.attn_{q,k,v}.bias` when `config.qkv_bias` and `blk.{i}.attn_{q,k}_norm.weight`
-/// when `config.qk_norm`. See [`expected_tensors`] for the shapes.
+/// when `config.qk_norm`. `twain_core::expected_tensors` lists them with their shapes.
 #[derive(Debug, Clone)]
 pub struct LoadedModel {
     /// Hyperparameters.
@@ -52,208 +55,9 @@ impl LoadedModel {
     }
 }
 
-/// Every tensor a model with `config` needs, with its row-major shape.
-///
-/// Layers whose `kv_source[l] != l` need no `attn_k`/`attn_v` (nor their biases or k-norm).
-pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let c = config;
-    let (d, q, kv, f) = (
-        c.d_model,
-        c.n_heads * c.head_dim,
-        c.n_kv_heads * c.head_dim,
-        c.ffn_hidden,
-    );
-    let mut v = vec![
-        ("token_embd.weight".to_string(), vec![c.vocab_size, d]),
-        ("output_norm.weight".to_string(), vec![d]),
-    ];
-    if !c.tied_embeddings {
-        v.push(("output.weight".to_string(), vec![c.vocab_size, d]));
-    }
-    for i in 0..c.n_layers {
-        let owns_kv = c.kv_source.get(i).is_none_or(|&s| s == i);
-        let mut t = |n: &str, s: Vec<usize>| v.push((format!("blk.{i}.{n}"), s));
-        t("attn_norm.weight", vec![d]);
-        t("attn_q.weight", vec![q, d]);
-        if owns_kv {
-            t("attn_k.weight", vec![kv, d]);
-            t("attn_v.weight", vec![kv, d]);
-        }
-        t("attn_output.weight", vec![d, q]);
-        t("ffn_norm.weight", vec![d]);
-        t("ffn_gate.weight", vec![f, d]);
-        t("ffn_up.weight", vec![f, d]);
-        t("ffn_down.weight", vec![d, f]);
-        if c.qkv_bias {
-            t("attn_q.bias", vec![q]);
-            if owns_kv {
-                t("attn_k.bias", vec![kv]);
-                t("attn_v.bias", vec![kv]);
-            }
-        }
-        if c.qk_norm {
-            t("attn_q_norm.weight", vec![c.head_dim]);
-            if owns_kv {
-                t("attn_k_norm.weight", vec![c.head_dim]);
-            }
-        }
-    }
-    v
-}
-
-/// Largest size accepted for any hyperparameter (keeps products of two far from overflow).
+/// Largest size accepted for any hyperparameter read from a file (keeps
+/// products of two far from overflow; twain-core checks the same bound).
 const MAX_DIM: usize = 1 << 24;
-
-/// Checks the config's own consistency (positive sizes, GQA divisibility, KV plan).
-pub fn check_config(config: &ModelConfig, path: &Path) -> Result<(), IoError> {
-    let c = config;
-    let bad = |key: &str, what: String| Err(IoError::key(path, key, what));
-    for (key, v) in [
-        ("n_layers", c.n_layers),
-        ("d_model", c.d_model),
-        ("n_heads", c.n_heads),
-        ("n_kv_heads", c.n_kv_heads),
-        ("head_dim", c.head_dim),
-        ("ffn_hidden", c.ffn_hidden),
-        ("vocab_size", c.vocab_size),
-        ("context_length", c.context_length),
-    ] {
-        if v == 0 || v > MAX_DIM {
-            return bad(key, format!("{v} is out of range"));
-        }
-    }
-    if !c.n_heads.is_multiple_of(c.n_kv_heads) {
-        return bad(
-            "n_kv_heads",
-            format!(
-                "{} query heads are not a multiple of {} kv heads",
-                c.n_heads, c.n_kv_heads
-            ),
-        );
-    }
-    if !c.head_dim.is_multiple_of(2) {
-        return bad(
-            "head_dim",
-            format!("{} is odd (RoPE needs pairs)", c.head_dim),
-        );
-    }
-    if !(c.rope_theta.is_finite() && c.rope_theta > 0.0) {
-        return bad(
-            "rope_theta",
-            format!("{} is not a positive number", c.rope_theta),
-        );
-    }
-    if !(c.rms_eps.is_finite() && c.rms_eps > 0.0) {
-        return bad("rms_eps", format!("{} is not a positive number", c.rms_eps));
-    }
-    if let Some(s) = &c.rope_scaling {
-        let ok = [s.factor, s.low_freq_factor, s.high_freq_factor]
-            .iter()
-            .all(|x| x.is_finite() && *x > 0.0)
-            && s.high_freq_factor > s.low_freq_factor
-            && s.original_context > 0;
-        if !ok {
-            return bad(
-                "rope_scaling",
-                format!("{s:?} is not a valid llama3 scaling"),
-            );
-        }
-    }
-    if c.kv_source.len() != c.n_layers {
-        return bad(
-            "kv_source",
-            format!(
-                "has {} entries for {} layers",
-                c.kv_source.len(),
-                c.n_layers
-            ),
-        );
-    }
-    for (l, &s) in c.kv_source.iter().enumerate() {
-        if s > l || c.kv_source[s] != s {
-            return bad(
-                "kv_source",
-                format!("layer {l} reads layer {s}, which is not an earlier layer owning its K/V"),
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Checks that every tensor `config` needs is present with the right shape, and that layers
-/// which read another layer's K/V (`kv_source[l] != l`) have no K/V weights of their own.
-/// Other extra tensors (e.g. GGUF `rope_freqs.weight`) are allowed and kept.
-pub fn check_tensors(
-    config: &ModelConfig,
-    tensors: &BTreeMap<String, Tensor>,
-    path: &Path,
-) -> Result<(), IoError> {
-    check_tensors_except(config, tensors, path, &[])
-}
-
-/// [`check_tensors`] for a file that leaves out the tensors named in
-/// `omitted` on purpose (a partial native file: shipped trained parameters
-/// whose embedding table the user's conversion makes). Each omitted name
-/// must be one the config expects, and absent.
-pub fn check_tensors_except(
-    config: &ModelConfig,
-    tensors: &BTreeMap<String, Tensor>,
-    path: &Path,
-    omitted: &[String],
-) -> Result<(), IoError> {
-    check_config(config, path)?;
-    let expected = expected_tensors(config);
-    for name in omitted {
-        if !expected.iter().any(|(n, _)| n == name) {
-            return Err(IoError::tensor(
-                path,
-                name,
-                "listed as omitted but not a tensor of this model",
-            ));
-        }
-        if tensors.contains_key(name) {
-            return Err(IoError::tensor(path, name, "listed as omitted but present"));
-        }
-    }
-    for (l, &src) in config.kv_source.iter().enumerate() {
-        if src == l {
-            continue;
-        }
-        for n in [
-            "attn_k.weight",
-            "attn_v.weight",
-            "attn_k.bias",
-            "attn_v.bias",
-            "attn_k_norm.weight",
-        ] {
-            let name = format!("blk.{l}.{n}");
-            if tensors.contains_key(&name) {
-                return Err(IoError::tensor(
-                    path,
-                    name,
-                    format!("layer {l} reads layer {src}'s K/V cache (kv_source) and must not have K/V weights"),
-                ));
-            }
-        }
-    }
-    for (name, shape) in expected {
-        if omitted.contains(&name) {
-            continue;
-        }
-        let t = tensors.get(&name).ok_or_else(|| IoError::MissingTensor {
-            path: path.to_path_buf(),
-            tensor: name.clone(),
-        })?;
-        if t.shape() != shape.as_slice() {
-            return Err(IoError::tensor(
-                path,
-                &name,
-                format!("expected shape {shape:?}, file has {:?}", t.shape()),
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// Reads the hyperparameters of a GGUF model (arch `llama`, `qwen2` or `qwen3`).
 pub(crate) fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig, IoError> {
@@ -386,7 +190,6 @@ pub fn model_from_gguf(g: GgufFile) -> Result<LoadedModel, IoError> {
             .with_source(path.to_path_buf());
         tensors.insert(info.name.clone(), t);
     }
-    check_tensors(&config, &tensors, path)?;
     let chat_template = match g.get("tokenizer.chat_template") {
         None => None,
         Some(v) => Some(

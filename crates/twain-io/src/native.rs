@@ -13,9 +13,11 @@ use twain_quant::QuantFormat;
 
 use crate::backing::Backing;
 use crate::gguf::{write_gguf, GgufFile, MetaValue};
-use crate::model::{check_tensors_except, LoadedModel};
+use crate::model::LoadedModel;
 use crate::tensor::matrix_dims;
-use crate::{IoError, ModelConfig, Tensor};
+use twain_model::ModelConfig;
+
+use crate::{IoError, Tensor};
 
 /// Value of the `format` metadata entry that marks a twain native file.
 pub const NATIVE_FORMAT_TAG: &str = "twain";
@@ -101,6 +103,19 @@ fn omitted(v: Option<&String>) -> Vec<String> {
     .unwrap_or_default()
 }
 
+/// The file-level half of a partial file's promise: every tensor it says it
+/// leaves out is absent (whether the rest is a model is twain-core's check).
+fn check_omitted(
+    tensors: &BTreeMap<String, Tensor>,
+    omitted: &[String],
+    path: &Path,
+) -> Result<(), IoError> {
+    match omitted.iter().find(|n| tensors.contains_key(*n)) {
+        Some(name) => Err(IoError::tensor(path, name, "listed as omitted but present")),
+        None => Ok(()),
+    }
+}
+
 fn pad64(n: usize) -> usize {
     n.div_ceil(NATIVE_ALIGNMENT) * NATIVE_ALIGNMENT
 }
@@ -108,19 +123,18 @@ fn pad64(n: usize) -> usize {
 /// Writes `model` to `path` as a twain native file (via a temporary file and a rename, so a
 /// reader never sees a half-written file). Returns the file size.
 ///
-/// Checks first that the tensors match the config (names, shapes) and that every tensor's bytes
-/// have its format's size.
+/// Checks file-level facts only (every tensor's bytes have its format's size, the tensors it
+/// says it omits are absent): check an assembled model with `twain_core::check_tensors` first.
 pub fn write_native(
     path: impl AsRef<Path>,
     model: &NativeModel<'_>,
     progress: &mut dyn FnMut(&WriteProgress<'_>),
 ) -> Result<u64, IoError> {
     let path = path.as_ref();
-    check_tensors_except(
-        model.config,
+    check_omitted(
         model.tensors,
-        path,
         &omitted(model.provenance.get(OMITTED_KEY)),
+        path,
     )?;
     let mut metadata: BTreeMap<String, String> = BTreeMap::new();
     metadata.insert("format".into(), NATIVE_FORMAT_TAG.into());
@@ -426,7 +440,7 @@ fn parse(path: PathBuf, backing: Arc<Backing>) -> Result<LoadedModel, IoError> {
             "has data but no entry in the tensors metadata",
         ));
     }
-    check_tensors_except(&config, &tensors, &path, &omitted(meta.get(OMITTED_KEY)))?;
+    check_omitted(&tensors, &omitted(meta.get(OMITTED_KEY)), &path)?;
     let provenance = meta
         .iter()
         .filter(|(k, _)| k.starts_with("twain."))

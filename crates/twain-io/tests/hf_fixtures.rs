@@ -2,7 +2,8 @@
 //! package, BF16 by hand), checked against the values the script recorded.
 
 use std::path::PathBuf;
-use twain_io::{canonical_name, load_model, IoError, RopeLayout, RopeScaling};
+use twain_io::{canonical_name, load_model, IoError};
+use twain_model::{RopeLayout, RopeScaling};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -183,11 +184,9 @@ fn broken_directories_name_the_problem() {
         .unwrap()
         .replace("\"intermediate_size\": 32", "\"intermediate_size\": 48");
     std::fs::write(&cfg, text).unwrap();
-    let e = load_model(&d).unwrap_err().to_string();
-    assert!(
-        e.contains("blk.0.ffn_gate.weight") && e.contains("[48, 16]"),
-        "{e}"
-    );
+    // The reader checks file-level facts only: that the tensors are not a
+    // model of this config is twain-core's check (crates/twain-core/tests/arch.rs).
+    assert_eq!(load_model(&d).unwrap().config.ffn_hidden, 48);
     // Unsupported rope scaling.
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "\"rope_scaling\": null",

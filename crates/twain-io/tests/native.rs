@@ -109,25 +109,19 @@ fn round_trip_is_exact_and_zero_copy() {
 }
 
 #[test]
-fn writer_rejects_inconsistent_models() {
-    let (m, mut tensors) = requantized();
+fn writer_rejects_bad_provenance_and_writes_nothing() {
+    // Whether the tensors are a model of the config is twain-core's check
+    // (crates/twain-core/tests/arch.rs); the writer checks what it writes.
+    let (m, _) = requantized();
     let dir = scratch("bad");
     let path = dir.join("bad.twain");
-    tensors.remove("blk.1.ffn_up.weight");
-    let mut native = NativeModel::from_loaded(&m);
-    native.tensors = &tensors;
-    let e = write_native(&path, &native, &mut |_| {}).unwrap_err();
-    assert!(
-        matches!(e, IoError::MissingTensor { ref tensor, .. } if tensor == "blk.1.ffn_up.weight"),
-        "{e}"
-    );
-    assert!(!path.exists());
     let mut native = NativeModel::from_loaded(&m);
     native.provenance.insert("preset".into(), "x".into());
     let e = write_native(&path, &native, &mut |_| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains("twain."), "{e}");
+    assert!(!path.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -190,18 +184,10 @@ fn kv_sharing_plan_round_trips_without_block2_kv_weights() {
         native.tensors = &tensors;
         write_native(&path, &native, &mut |_| {})
     };
-    let e = write(vec![0, 0], false).unwrap_err().to_string();
-    assert!(
-        e.contains("blk.1.attn_k.weight") && e.contains("kv_source"),
-        "{e}"
-    );
     write(vec![0, 0], true).unwrap();
     let back = load_model(&path).unwrap();
     assert_eq!(back.config.kv_source, vec![0, 0]);
     assert!(!back.tensors.contains_key("blk.1.attn_k.weight"));
-    // An invalid plan is rejected (layer 0 cannot read a later layer).
-    let e = write(vec![1, 1], true).unwrap_err().to_string();
-    assert!(e.contains("kv_source"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -213,9 +199,6 @@ fn a_partial_file_omits_only_what_it_says() {
     let embd = tensors.remove("token_embd.weight").unwrap();
     let mut native = NativeModel::from_loaded(&m);
     native.tensors = &tensors;
-    // Without the key the missing table is an error, as before.
-    let e = write_native(&path, &native, &mut |_| {}).unwrap_err();
-    assert!(matches!(e, IoError::MissingTensor { .. }), "{e}");
     native
         .provenance
         .insert(twain_io::OMITTED_KEY.into(), "token_embd.weight".into());
@@ -235,18 +218,6 @@ fn a_partial_file_omits_only_what_it_says() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("omitted but present"), "{e}");
-    native.tensors = &tensors;
-    native.provenance.insert(
-        twain_io::OMITTED_KEY.into(),
-        "token_embd.weight,blk.99.attn_q.weight".into(),
-    );
-    let e = write_native(&path, &native, &mut |_| {})
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("blk.99.attn_q.weight") && e.contains("not a tensor"),
-        "{e}"
-    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -2,7 +2,8 @@
 //! `fetch::ensure_default_gguf` when missing. Fails (never skips) when it cannot be had.
 
 use std::path::PathBuf;
-use twain_io::{fetch, load_model, GgmlType, GgufFile, RopeLayout};
+use twain_io::{fetch, load_model, GgmlType, GgufFile};
+use twain_model::RopeLayout;
 
 fn model_path() -> PathBuf {
     match fetch::ensure_default_gguf() {

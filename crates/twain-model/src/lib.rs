@@ -4,7 +4,9 @@
 //! logits of the last position. Beside it, the [`Tokenize`] and
 //! [`ChatFormat`] traits (with [`Message`] and [`Role`]) say what generation
 //! needs from a tokenizer and a chat template, so a third-party tokenizer
-//! depends on this crate only. No model, file format or kernel lives here.
+//! depends on this crate only. [`ModelConfig`] is the plain description of a
+//! Llama-family decoder's hyperparameters that the file readers fill in and
+//! twain-core interprets. No model, file format or kernel lives here.
 //!
 //! A downstream app can implement [`Model`] for its own model and keep the rest
 //! of the stack:
@@ -48,7 +50,10 @@
 
 use thiserror::Error;
 
+mod config;
 mod text;
+
+pub use config::{ModelConfig, RopeLayout, RopeScaling};
 
 /// By-value setters for an options struct's public fields, so callers
 /// outside the crate build `#[non_exhaustive]` options as

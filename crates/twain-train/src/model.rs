@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var, D};
-use twain_core::{KvPlan, ModelConfig};
-use twain_io::{LoadedModel, RopeLayout};
+use twain_core::{KvPlan, ModelConfig, RopeLayout};
+use twain_io::LoadedModel;
 use twain_quant::blocks::QK;
 use twain_quant::{grid, QuantFormat};
 

@@ -68,7 +68,7 @@ fn featureful(preset: Preset) -> LoadedModel {
     let mut c = synthetic::tiny_config(4);
     c.qk_norm = true;
     c.qkv_bias = true;
-    c.rope_layout = twain_io::RopeLayout::Interleaved;
+    c.rope_layout = twain_core::RopeLayout::Interleaved;
     let f32m = synthetic::random_model(&c, Preset::F32, 11).unwrap();
     let opts = ConvertOptions {
         kv_share: Some((3, 1)),

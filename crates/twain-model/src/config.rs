@@ -1,6 +1,9 @@
-//! The one model description every reader (GGUF, Hugging Face, native) maps onto
-//! and twain-core builds from. CONTRACT: the io implementer may add fields
-//! (with serde defaults) but must keep these.
+//! The hyperparameters of a Llama-family decoder as plain data: what every
+//! file reader (twain-io: GGUF, Hugging Face, native) fills in and twain-core
+//! interprets. It lives here, below both, because the readers produce it and
+//! twain-core (above twain-io) owns its meaning: `twain_core::validate_config`,
+//! `KvPlan` (the one interpreter of `kv_source`) and the list of tensors a
+//! config needs (`twain_core::expected_tensors`).
 
 use serde::{Deserialize, Serialize};
 
