@@ -82,6 +82,37 @@ pub fn snap(format: QuantFormat, scale: f32, x: f32) -> f32 {
     value(format, scale, code(format, scale, x))
 }
 
+/// The codes of a quantized row of `cols` columns, one per column as
+/// [`code`] gives them (the inverse of [`set_codes`]).
+pub fn codes(format: QuantFormat, row: &[u8], cols: usize) -> Result<Vec<u8>, QuantError> {
+    let nb = check(format, row, cols)?;
+    let (off, bb) = match format {
+        QuantFormat::Q2 => (Q2_ROW_HEADER, 8),
+        QuantFormat::Q4 => (scales_bytes(nb), 16),
+        _ => (scales_bytes(nb), 32),
+    };
+    let mut out = Vec::with_capacity(cols);
+    for b in 0..nb {
+        let src = &row[off + b * bb..off + (b + 1) * bb];
+        match format {
+            QuantFormat::Q2 => out.extend(
+                Q2Block {
+                    qs: src.try_into().expect("8 bytes"),
+                }
+                .codes(),
+            ),
+            QuantFormat::Q4 => out.extend(
+                Q4Block {
+                    qs: src.try_into().expect("16 bytes"),
+                }
+                .codes(),
+            ),
+            _ => out.extend_from_slice(src),
+        }
+    }
+    Ok(out)
+}
+
 /// Replace the codes of a quantized row by the ones in `codes` (one per
 /// column, as [`code`] gives), keeping its scales.
 pub fn set_codes(format: QuantFormat, row: &mut [u8], codes: &[u8]) -> Result<(), QuantError> {
@@ -204,6 +235,17 @@ mod tests {
                 let mut copy = row.to_vec();
                 set_codes(f, &mut copy, &codes).unwrap();
                 assert_eq!(copy, row, "{f}");
+                // And reading the codes back gives them (where a group's
+                // scale is 0 any code dequantizes to 0).
+                let read = super::codes(f, row, cols).unwrap();
+                for c in 0..cols {
+                    if s[c / QK] != 0.0 {
+                        assert_eq!(read[c], codes[c], "{f} {r} {c}");
+                    }
+                }
+                let mut again = row.to_vec();
+                set_codes(f, &mut again, &read).unwrap();
+                assert_eq!(again, row, "{f}");
             }
         }
     }

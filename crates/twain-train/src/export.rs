@@ -1,6 +1,7 @@
 //! The trained model back in twain's formats: every fake-quantized matrix
 //! re-encoded to Q2 with the scales and codes the training forward used (so
-//! twain-core computes what was trained), the trained norm gains as f32.
+//! twain-core computes what was trained; frozen codes are written exactly as
+//! they were read), the trained norm gains as f32.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +11,8 @@ use twain_io::{LoadedModel, NativeModel, Tensor};
 use twain_quant::blocks::QK;
 use twain_quant::{QMatrix, QuantFormat};
 
-use crate::fakequant::encode_q2_row;
+use crate::fakequant::{encode_q2_row, encode_q2_row_frozen};
+use crate::model::Q2Matrix;
 use crate::{Student, TrainError};
 
 /// The tensors of `base` with the student's trained values in place: the
@@ -21,7 +23,14 @@ pub fn tensors(
     base: &LoadedModel,
 ) -> Result<BTreeMap<String, Tensor>, TrainError> {
     let mut out = base.tensors.clone();
-    for (name, w, s, a) in student.q2_matrices() {
+    for Q2Matrix {
+        name,
+        w,
+        s,
+        a,
+        codes,
+    } in student.q2_matrices()
+    {
         let t = base.tensor(&name)?;
         let (rows, cols) = w.dims2()?;
         if t.format() != QuantFormat::Q2 || t.shape() != [rows, cols] {
@@ -32,19 +41,34 @@ pub fn tensors(
             )));
         }
         let m = t.matrix()?;
-        let wv = w.flatten_all()?.to_vec1::<f32>()?;
         let sv = s.flatten_all()?.to_vec1::<f32>()?;
         let nb = cols / QK;
-        let rows_bytes: Vec<Vec<u8>> = (0..rows)
-            .into_par_iter()
-            .map(|r| {
-                encode_q2_row(
-                    m.row_data(r)?,
-                    &wv[r * cols..(r + 1) * cols],
-                    &sv[r * nb..(r + 1) * nb],
-                )
-            })
-            .collect::<Result<_, _>>()?;
+        let rows_bytes: Vec<Vec<u8>> = match codes {
+            // Frozen codes: exactly the stored ones, with the new scales.
+            Some(codes) => (0..rows)
+                .into_par_iter()
+                .map(|r| {
+                    encode_q2_row_frozen(
+                        m.row_data(r)?,
+                        &codes[r * cols..(r + 1) * cols],
+                        &sv[r * nb..(r + 1) * nb],
+                    )
+                })
+                .collect::<Result<_, _>>()?,
+            None => {
+                let wv = w.flatten_all()?.to_vec1::<f32>()?;
+                (0..rows)
+                    .into_par_iter()
+                    .map(|r| {
+                        encode_q2_row(
+                            m.row_data(r)?,
+                            &wv[r * cols..(r + 1) * cols],
+                            &sv[r * nb..(r + 1) * nb],
+                        )
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        };
         let mut bytes: Vec<u8> = rows_bytes.concat();
         if let Some(a) = a {
             // The row gain goes into the row's f32 scale: every value of the

@@ -12,6 +12,12 @@
 //! gradient).
 //! That is the learnable clipping of the reference system (`scale = f *
 //! max|w| / q_max` with `f` learned), on the grid the file format has.
+//!
+//! With frozen codes (EfficientQAT's second stage: the weights are not
+//! trained) the op holds the matrix's 2-bit codes as stored and never
+//! re-rounds: the forward is `(code - 1.5) * d * k` whatever the scales do,
+//! there is no weight gradient, and a group's scale gradient is
+//! `sum grad * (code - 1.5)`, exact since the value is linear in the scale.
 
 use std::sync::Arc;
 
@@ -51,6 +57,11 @@ pub fn stored_k(d: f32, s: f32) -> u8 {
 pub struct FakeQ2 {
     /// Row scale `d` of every row.
     pub row_scale: Arc<Vec<f32>>,
+    /// The frozen codes (rows x cols, each 0..=3), if the codes are frozen:
+    /// the forward uses them instead of rounding the latent weights (whose
+    /// values are then ignored, only their shape counts) and the backward
+    /// gives no weight gradient.
+    pub codes: Option<Arc<Vec<u8>>>,
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -64,11 +75,17 @@ impl FakeQ2 {
     fn dims(&self, w: &Layout, s: &Layout) -> Result<(usize, usize)> {
         let (rows, cols) = w.shape().dims2()?;
         let (sr, nb) = s.shape().dims2()?;
-        if sr != rows || !cols.is_multiple_of(QK) || nb != cols / QK || self.row_scale.len() != rows
+        let codes_ok = self.codes.as_ref().is_none_or(|c| c.len() == rows * cols);
+        if sr != rows
+            || !cols.is_multiple_of(QK)
+            || nb != cols / QK
+            || self.row_scale.len() != rows
+            || !codes_ok
         {
             return Err(candle_core::Error::Msg(format!(
-                "fake-q2: weights {rows}x{cols}, scales {sr}x{nb}, {} row scales",
-                self.row_scale.len()
+                "fake-q2: weights {rows}x{cols}, scales {sr}x{nb}, {} row scales, {:?} codes",
+                self.row_scale.len(),
+                self.codes.as_ref().map(|c| c.len())
             )));
         }
         Ok((rows, cols))
@@ -123,7 +140,40 @@ impl FakeQ2 {
 }
 
 impl FakeQ2 {
-    /// The fake-quantized values of latent weights `w` under scales `s`.
+    /// The scale gradient of the frozen codes `codes` for the gradient `gv`
+    /// of the values: `sum grad * (code - 1.5)` per group (the value is
+    /// `(code - 1.5) * scale`), 0 for a group whose stored scale is 0.
+    fn backward_frozen(
+        &self,
+        codes: &[u8],
+        sv: &[f32],
+        gv: &[f32],
+        cols: usize,
+        ds: &mut [f32],
+    ) -> Result<()> {
+        let nb = cols / QK;
+        if gv.len() != codes.len() || sv.len() != ds.len() || ds.len() * QK != codes.len() {
+            return Err(candle_core::Error::Msg("fake-q2: gradient shapes".into()));
+        }
+        ds.par_chunks_mut(nb).enumerate().for_each(|(r, dsr)| {
+            let d = self.row_scale[r];
+            for (b, out) in dsr.iter_mut().enumerate() {
+                if stored_scale(d, sv[r * nb + b]) == 0.0 {
+                    continue;
+                }
+                let at = r * cols + b * QK;
+                *out = gv[at..at + QK]
+                    .iter()
+                    .zip(&codes[at..at + QK])
+                    .map(|(&g, &c)| g * (c as f32 - 1.5))
+                    .sum();
+            }
+        });
+        Ok(())
+    }
+
+    /// The fake-quantized values of latent weights `w` (or of the frozen
+    /// codes) under scales `s`.
     fn quantized(&self, w: &[f32], s: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         let nb = cols / QK;
         let mut out = vec![0.0f32; rows * cols];
@@ -132,8 +182,11 @@ impl FakeQ2 {
             for b in 0..nb {
                 let sc = stored_scale(d, s[r * nb + b]);
                 for c in b * QK..(b + 1) * QK {
-                    let x = w[r * cols + c];
-                    o[c] = grid::value(QuantFormat::Q2, sc, grid::code(QuantFormat::Q2, sc, x));
+                    let code = match &self.codes {
+                        Some(codes) => codes[r * cols + c],
+                        None => grid::code(QuantFormat::Q2, sc, w[r * cols + c]),
+                    };
+                    o[c] = grid::value(QuantFormat::Q2, sc, code);
                 }
             }
         });
@@ -170,6 +223,20 @@ impl CustomOp2 for FakeQ2 {
         let (rows, cols) = w.dims2()?;
         let nb = cols / QK;
         let grad = grad.contiguous()?;
+        if let Some(codes) = &self.codes {
+            // Frozen codes: no weight gradient, the scales' only.
+            if !s.track_op() {
+                return Ok((None, None));
+            }
+            let mut ds = vec![0.0f32; rows * nb];
+            with_f32(s, |sv| {
+                with_f32(&grad, |gv| {
+                    self.backward_frozen(codes, sv, gv, cols, &mut ds)
+                })
+            })???;
+            let ds = Tensor::from_vec(ds, (rows, nb), s.device())?;
+            return Ok((None, Some(ds)));
+        }
         let mut dw = vec![0.0f32; rows * cols];
         let mut ds = vec![0.0f32; rows * nb];
         with_f32(w, |wv| {
@@ -188,7 +255,49 @@ impl CustomOp2 for FakeQ2 {
 /// Q2 fake quantization of `w` (rows x cols) under group scales `s`
 /// (rows x cols/32) and row scales `d`.
 pub fn fake_q2(w: &Tensor, s: &Tensor, d: Arc<Vec<f32>>) -> Result<Tensor> {
-    w.apply_op2(s, FakeQ2 { row_scale: d })
+    w.apply_op2(
+        s,
+        FakeQ2 {
+            row_scale: d,
+            codes: None,
+        },
+    )
+}
+
+/// Q2 values of the frozen `codes` (rows x cols, each 0..=3, as stored)
+/// under group scales `s` (rows x cols/32) and row scales `d`; `w` gives the
+/// shape only. The gradient reaches `s` alone (see the module doc).
+pub fn fake_q2_frozen(
+    w: &Tensor,
+    s: &Tensor,
+    d: Arc<Vec<f32>>,
+    codes: Arc<Vec<u8>>,
+) -> Result<Tensor> {
+    w.apply_op2(
+        s,
+        FakeQ2 {
+            row_scale: d,
+            codes: Some(codes),
+        },
+    )
+}
+
+/// The Q2 row of the frozen `codes` under the scales `s` the fake
+/// quantization uses: `template`'s codes replaced by `codes` (normally the
+/// same), its sub-scales by the stored ones of `s`, its row scale kept.
+pub fn encode_q2_row_frozen(
+    template: &[u8],
+    codes: &[u8],
+    s: &[f32],
+) -> std::result::Result<Vec<u8>, twain_quant::QuantError> {
+    let cols = codes.len();
+    let mut row = template.to_vec();
+    let d = grid::q2_row_scale(&row).unwrap_or(0.0);
+    for (b, &sb) in s.iter().enumerate().take(cols / QK) {
+        grid::set_group_scale(QuantFormat::Q2, &mut row, cols, b, stored_scale(d, sb))?;
+    }
+    grid::set_codes(QuantFormat::Q2, &mut row, codes)?;
+    Ok(row)
 }
 
 /// Encode latent weights as a Q2 row of twain's format, with the scales the
@@ -492,7 +601,9 @@ impl candle_core::CustomOp3 for QLinear {
         let x = x.contiguous()?;
         let n = x.elem_count() / cols;
         let mut dx = vec![0.0f32; n * cols];
-        let mut dq = vec![0.0f32; rows * cols];
+        // Frozen codes under fixed scales: nothing of the matrix trains.
+        let need_dq = self.q.codes.is_none() || s.track_op();
+        let mut dq = vec![0.0f32; if need_dq { rows * cols } else { 0 }];
         with_f32(w, |wv| {
             with_f32(s, |sv| {
                 with_f32(&grad, |g| {
@@ -500,19 +611,37 @@ impl candle_core::CustomOp3 for QLinear {
                         let wq = self.q.quantized(wv, sv, rows, cols);
                         // dx = dy Q: rows of Q^T against dy.
                         gemm_nt(g, &transpose(&wq, rows, cols), rows, &mut dx)?;
+                        if !need_dq {
+                            return Ok(());
+                        }
                         // dQ = dy^T x: rows of x^T against dy^T.
                         gemm_nt(&transpose(g, n, rows), &transpose(xv, n, cols), n, &mut dq)
                     })
                 })
             })
         })?????;
-        let mut dw = vec![0.0f32; rows * cols];
+        let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
         let mut ds = vec![0.0f32; rows * nb];
+        if let Some(codes) = &self.q.codes {
+            // Frozen codes: no weight gradient, the scales' only.
+            if !need_dq {
+                return Ok((Some(dx), None, None));
+            }
+            with_f32(s, |sv| {
+                self.q.backward_frozen(codes, sv, &dq, cols, &mut ds)
+            })??;
+            return Ok((
+                Some(dx),
+                None,
+                Some(Tensor::from_vec(ds, (rows, nb), s.device())?),
+            ));
+        }
+        let mut dw = vec![0.0f32; rows * cols];
         with_f32(w, |wv| {
             with_f32(s, |sv| self.q.backward(wv, sv, &dq, cols, &mut dw, &mut ds))
         })???;
         Ok((
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(dx),
             Some(Tensor::from_vec(dw, (rows, cols), w.device())?),
             Some(Tensor::from_vec(ds, (rows, nb), s.device())?),
         ))
@@ -525,7 +654,31 @@ pub fn q2_linear(x: &Tensor, w: &Tensor, s: &Tensor, d: Arc<Vec<f32>>) -> Result
         w,
         s,
         QLinear {
-            q: FakeQ2 { row_scale: d },
+            q: FakeQ2 {
+                row_scale: d,
+                codes: None,
+            },
+        },
+    )
+}
+
+/// `x Q^T` for the Q2 values `Q` of the frozen `codes` under `s` and `d`
+/// (see [`fake_q2_frozen`]; `w` gives the shape only).
+pub fn q2_linear_frozen(
+    x: &Tensor,
+    w: &Tensor,
+    s: &Tensor,
+    d: Arc<Vec<f32>>,
+    codes: Arc<Vec<u8>>,
+) -> Result<Tensor> {
+    x.apply_op3(
+        w,
+        s,
+        QLinear {
+            q: FakeQ2 {
+                row_scale: d,
+                codes: Some(codes),
+            },
         },
     )
 }

@@ -4,7 +4,9 @@
 //!   (KV-sharing plans and post-training rotations included) in candle,
 //!   with every Q2 matrix fake-quantized ([`fakequant`]): the forward is
 //!   exactly twain's dequantized grid, gradients are straight-through for
-//!   the weights and LSQ's for the group scales (learnable clipping).
+//!   the weights and LSQ's for the group scales (learnable clipping);
+//!   without trained weights the stored 2-bit codes are frozen (only
+//!   scales, row gains and norms train, and the export keeps every code).
 //! * [`train`](mod@train): end-to-end distillation, the KL divergence from the f32
 //!   teacher's full next-token distribution (teacher logits from twain-core's
 //!   fast forward, on the fly), Adam, checkpoints every few minutes and

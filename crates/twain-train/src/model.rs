@@ -12,7 +12,9 @@ use twain_io::LoadedModel;
 use twain_quant::blocks::QK;
 use twain_quant::{grid, QuantFormat};
 
-use crate::fakequant::{fake_q2, q2_linear, ConstLinear, Rotate, SoftCrossEntropy};
+use crate::fakequant::{
+    fake_q2, fake_q2_frozen, q2_linear, q2_linear_frozen, ConstLinear, Rotate, SoftCrossEntropy,
+};
 use crate::TrainError;
 
 /// What a [`Student`] trains.
@@ -20,6 +22,9 @@ use crate::TrainError;
 #[non_exhaustive]
 pub struct Targets {
     /// The latent weights of every Q2 matrix (quantization-aware training).
+    /// Without them the codes are frozen: every Q2 matrix keeps its stored
+    /// 2-bit codes bit for bit (never re-rounded, whatever the scales do),
+    /// and only its scales, row gains and the norms train.
     pub weights: bool,
     /// The group scales of every Q2 matrix (learnable clipping).
     pub scales: bool,
@@ -83,13 +88,15 @@ enum Weight {
     /// Used as stored (dequantized to f32 once).
     Dense(Param),
     /// Q2, fake-quantized: latent weights, continuous group scales, the
-    /// fixed row scales of the stored rows and, when trained, a gain on
-    /// every row (rows x 1).
+    /// fixed row scales of the stored rows, when trained, a gain on every
+    /// row (rows x 1) and, when the weights do not train, the stored codes
+    /// (frozen: the forward uses them, not the latent weights).
     Q2 {
         w: Param,
         s: Param,
         d: Arc<Vec<f32>>,
         a: Option<Var>,
+        codes: Option<Arc<Vec<u8>>>,
     },
 }
 
@@ -97,8 +104,11 @@ impl Weight {
     fn value(&self) -> Result<Tensor, TrainError> {
         Ok(match self {
             Weight::Dense(p) => p.t().clone(),
-            Weight::Q2 { w, s, d, a } => {
-                let q = fake_q2(w.t(), s.t(), d.clone())?;
+            Weight::Q2 { w, s, d, a, codes } => {
+                let q = match codes {
+                    Some(codes) => fake_q2_frozen(w.t(), s.t(), d.clone(), codes.clone())?,
+                    None => fake_q2(w.t(), s.t(), d.clone())?,
+                };
                 match a {
                     Some(a) => q.broadcast_mul(a.as_tensor())?,
                     None => q,
@@ -150,6 +160,20 @@ impl Window {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+/// One Q2 matrix of a [`Student`] as it stands (for the export).
+pub(crate) struct Q2Matrix<'a> {
+    /// The tensor's name.
+    pub name: String,
+    /// Latent weights, rows x cols.
+    pub w: &'a Tensor,
+    /// Continuous group scales, rows x cols/32.
+    pub s: &'a Tensor,
+    /// Row gains, rows x 1, if trained.
+    pub a: Option<&'a Tensor>,
+    /// The frozen codes, rows x cols, if the codes are frozen.
+    pub codes: Option<&'a [u8]>,
 }
 
 /// A model being trained: every tensor of a twain model file, Q2 matrices
@@ -224,12 +248,17 @@ impl Student {
             let m = t.matrix()?;
             let nb = cols / QK;
             let (mut d, mut s) = (Vec::with_capacity(rows), Vec::with_capacity(rows * nb));
+            // Without trained weights the codes are frozen as stored.
+            let mut codes = (!targets.weights).then(|| Vec::with_capacity(rows * cols));
             for r in 0..rows {
                 let row = m.row_data(r)?;
                 let rd = grid::q2_row_scale(row).unwrap_or(0.0);
                 d.push(rd);
                 // The continuous scale starts at what the row stores.
                 s.extend(grid::group_scales(QuantFormat::Q2, row, cols)?);
+                if let Some(codes) = &mut codes {
+                    codes.extend(grid::codes(QuantFormat::Q2, row, cols)?);
+                }
             }
             let w = Tensor::from_vec(m.dequantize(), (rows, cols), &device)?;
             let s = Tensor::from_vec(s, (rows, nb), &device)?;
@@ -254,6 +283,7 @@ impl Student {
                 s,
                 d: Arc::new(d),
                 a,
+                codes: codes.map(Arc::new),
             })
         };
         let mut layers = Vec::with_capacity(c.n_layers);
@@ -378,8 +408,9 @@ impl Student {
         self.vars.values().map(|v| v.elem_count()).sum()
     }
 
-    /// The Q2 matrices: name, latent weights, continuous scales, row scales.
-    pub(crate) fn q2_matrices(&self) -> Vec<(String, &Tensor, &Tensor, Option<&Tensor>)> {
+    /// The Q2 matrices: name, latent weights, continuous scales, row gains,
+    /// frozen codes.
+    pub(crate) fn q2_matrices(&self) -> Vec<Q2Matrix<'_>> {
         let mut out = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             let named = [
@@ -392,13 +423,14 @@ impl Student {
                 ("ffn_down", Some(&layer.down)),
             ];
             for (n, w) in named {
-                if let Some(Weight::Q2 { w, s, a, .. }) = w {
-                    out.push((
-                        format!("blk.{l}.{n}.weight"),
-                        w.t(),
-                        s.t(),
-                        a.as_ref().map(|a| a.as_tensor()),
-                    ));
+                if let Some(Weight::Q2 { w, s, a, codes, .. }) = w {
+                    out.push(Q2Matrix {
+                        name: format!("blk.{l}.{n}.weight"),
+                        w: w.t(),
+                        s: s.t(),
+                        a: a.as_ref().map(|a| a.as_tensor()),
+                        codes: codes.as_deref().map(|c| c.as_slice()),
+                    });
                 }
             }
         }
@@ -733,8 +765,11 @@ impl Student {
 fn linear(x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Result<Tensor, TrainError> {
     let y = match w {
         Weight::Dense(Param::Fixed(w)) => const_linear(x, w)?,
-        Weight::Q2 { w, s, d, a } => {
-            let y = q2_linear(x, w.t(), s.t(), d.clone())?;
+        Weight::Q2 { w, s, d, a, codes } => {
+            let y = match codes {
+                Some(codes) => q2_linear_frozen(x, w.t(), s.t(), d.clone(), codes.clone())?,
+                None => q2_linear(x, w.t(), s.t(), d.clone())?,
+            };
             match a {
                 // Row r of the matrix is output column r.
                 Some(a) => y.broadcast_mul(&a.as_tensor().t()?.squeeze(0)?)?,

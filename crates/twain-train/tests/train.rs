@@ -606,3 +606,220 @@ fn the_fused_q2_linear_equals_fake_quantization_then_matmul() {
         assert!(max_diff(&a[i], &b[i]) < 1e-4 * scale.max(1.0), "{what}");
     }
 }
+
+/// A random Q2 matrix: its row scales, stored group scales, codes, and the
+/// latent weights the student starts from (its dequantization).
+fn q2_matrix(rows: usize, cols: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<u8>, Vec<f32>) {
+    let mut rng = SplitMix::new(seed);
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.uniform() * 0.1).collect();
+    let m = quantize(QuantFormat::Q2, rows, cols, &w, &QuantizeOptions::default()).unwrap();
+    let m = m.as_ref();
+    let (mut d, mut s, mut codes) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rows {
+        let row = m.row_data(r).unwrap();
+        d.push(twain_quant::grid::q2_row_scale(row).unwrap());
+        s.extend(twain_quant::grid::group_scales(QuantFormat::Q2, row, cols).unwrap());
+        codes.extend(twain_quant::grid::codes(QuantFormat::Q2, row, cols).unwrap());
+    }
+    (d, s, codes, m.dequantize())
+}
+
+#[test]
+fn frozen_code_scale_gradients_match_finite_differences() {
+    let (n, rows, cols) = (6, 3, 96);
+    let (d, mut s, codes, lat) = q2_matrix(rows, cols, 17);
+    let nb = cols / 32;
+    // One group stored at scale 0: zero, and no gradient (as in LSQ).
+    s[1] = 0.0;
+    let d = Arc::new(d);
+    let codes = Arc::new(codes);
+    let dev = Device::Cpu;
+    let mut rng = SplitMix::new(18);
+    let x: Vec<f32> = (0..n * cols).map(|_| rng.uniform()).collect();
+    let g: Vec<f32> = (0..n * rows).map(|_| rng.uniform()).collect();
+    let xt = Tensor::from_vec(x.clone(), (n, cols), &dev).unwrap();
+    let gt = Tensor::from_vec(g, (n, rows), &dev).unwrap();
+    // The loss sum(g * x Q^T), fused or as fake quantization then matmul.
+    let loss = |w: &Tensor, s: &Tensor, fused: bool| -> Tensor {
+        let y = if fused {
+            twain_train::fakequant::q2_linear_frozen(&xt, w, s, d.clone(), codes.clone()).unwrap()
+        } else {
+            let q = twain_train::fakequant::fake_q2_frozen(w, s, d.clone(), codes.clone()).unwrap();
+            xt.matmul(&q.t().unwrap()).unwrap()
+        };
+        (y * &gt).unwrap().sum_all().unwrap()
+    };
+    let value = |s: &[f32]| -> f64 {
+        let w = Tensor::from_vec(lat.clone(), (rows, cols), &dev).unwrap();
+        let st = Tensor::from_vec(s.to_vec(), (rows, nb), &dev).unwrap();
+        loss(&w, &st, true).to_scalar::<f32>().unwrap() as f64
+    };
+    // The latent weights do not matter: the codes are frozen.
+    {
+        let noise: Vec<f32> = (0..rows * cols).map(|_| rng.uniform()).collect();
+        let w = Tensor::from_vec(noise, (rows, cols), &dev).unwrap();
+        let st = Tensor::from_vec(s.clone(), (rows, nb), &dev).unwrap();
+        assert_eq!(
+            loss(&w, &st, true).to_scalar::<f32>().unwrap() as f64,
+            value(&s)
+        );
+    }
+    for fused in [true, false] {
+        let wv = candle_core::Var::from_vec(lat.clone(), (rows, cols), &dev).unwrap();
+        let sv = candle_core::Var::from_vec(s.clone(), (rows, nb), &dev).unwrap();
+        let grads = loss(wv.as_tensor(), sv.as_tensor(), fused)
+            .backward()
+            .unwrap();
+        assert!(
+            grads.get(wv.as_tensor()).is_none(),
+            "no weight gradient with frozen codes"
+        );
+        let ds = grads
+            .get(sv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut checked = 0;
+        for r in 0..rows {
+            for b in 0..nb {
+                let i = r * nb + b;
+                let k = (s[i] / d[r]).round();
+                if s[i] == 0.0 {
+                    assert_eq!(ds[i], 0.0, "group {i} has scale 0");
+                    continue;
+                }
+                // The value is linear in the stored scale, which moves in
+                // steps of the row scale: a difference over one step is
+                // exact (up to f32 rounding).
+                let (lo, hi) = (
+                    if k > 0.0 { -1.0 } else { 0.0 },
+                    if k < 15.0 { 1.0 } else { 0.0 },
+                );
+                let at = |delta: f32| {
+                    let mut v = s.clone();
+                    v[i] += delta * d[r];
+                    value(&v)
+                };
+                let fd = ((at(hi) - at(lo)) / ((hi - lo) as f64 * d[r] as f64)) as f32;
+                let tol = 1e-3 * (1.0 + fd.abs());
+                assert!(
+                    (ds[i] - fd).abs() < tol,
+                    "group {i} (fused {fused}): autodiff {} vs finite differences {fd}",
+                    ds[i]
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, rows * nb - 1);
+    }
+}
+
+#[test]
+fn frozen_codes_stay_bit_identical_through_training_and_export() {
+    let (teacher, base, data) = tiny_pair();
+    let mut targets = Targets::none();
+    targets.scales = true;
+    targets.norms = true;
+    targets.rows = true;
+    let student = Student::new(&base, targets).unwrap();
+    // Without weights nothing spreads: there are no latent weights to train.
+    let spread = SOURCE.with(|s| student.spread_latent(s.borrow().as_ref().unwrap()).unwrap());
+    assert_eq!(spread, 0);
+    assert!(student
+        .vars()
+        .keys()
+        .all(|n| !n.ends_with(".weight") || n.contains("norm")));
+    let (train_data, held) = data.split_at(data.len() - 64);
+    // Before any step the forward is the file's.
+    let before = loss_of(&student, &teacher, held, 2);
+    assert_eq!(
+        before,
+        loss_of(
+            &Student::new(&base, Targets::default()).unwrap(),
+            &teacher,
+            held,
+            2
+        )
+    );
+    let mut o = opts(60);
+    // Large scale steps, so that scales move by whole sub-scale steps (and
+    // re-rounding the latent weights would flip codes).
+    o.lr_scales = 0.2;
+    train(&student, &teacher, train_data, &o, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let after = loss_of(&student, &teacher, held, 2);
+    eprintln!("frozen codes: held-out KL {before} -> {after}");
+    assert!(after < before, "held-out KL {before} -> {after}");
+    let tensors = twain_train::export::tensors(&student, &base).unwrap();
+    let (mut q2, mut scales_changed, mut gains_changed, mut flips) = (0, 0, 0, 0);
+    for (name, t) in &base.tensors {
+        if t.format() != QuantFormat::Q2 {
+            continue;
+        }
+        q2 += 1;
+        let (rows, cols) = (t.shape()[0], t.shape()[1]);
+        let (m0, m1) = (t.matrix().unwrap(), tensors[name].matrix().unwrap());
+        for r in 0..rows {
+            let (a, b) = (m0.row_data(r).unwrap(), m1.row_data(r).unwrap());
+            assert_eq!(
+                twain_quant::grid::codes(QuantFormat::Q2, a, cols).unwrap(),
+                twain_quant::grid::codes(QuantFormat::Q2, b, cols).unwrap(),
+                "{name} row {r}: the codes changed"
+            );
+            let (k0, k1) = (
+                twain_quant::grid::group_scales(QuantFormat::Q2, a, cols).unwrap(),
+                twain_quant::grid::group_scales(QuantFormat::Q2, b, cols).unwrap(),
+            );
+            let (d0, d1) = (
+                twain_quant::grid::q2_row_scale(a).unwrap(),
+                twain_quant::grid::q2_row_scale(b).unwrap(),
+            );
+            // Sub-scales compare as multiples of each row's scale.
+            scales_changed += k0
+                .iter()
+                .zip(&k1)
+                .filter(|(x, y)| (*x / d0).round() != (*y / d1).round())
+                .count();
+            // Re-rounding the stored values under the new scales (what
+            // training the weights would do) would have flipped codes.
+            let stored = twain_quant::grid::codes(QuantFormat::Q2, a, cols).unwrap();
+            let mut deq = vec![0.0f32; cols];
+            m0.dequantize_row(r, &mut deq).unwrap();
+            flips += (0..cols)
+                .filter(|&c| {
+                    let sc = d0 * (k1[c / 32] / d1).round();
+                    sc != 0.0 && twain_quant::grid::code(QuantFormat::Q2, sc, deq[c]) != stored[c]
+                })
+                .count();
+            gains_changed += usize::from(d0 != d1);
+        }
+    }
+    assert_eq!(q2, 3 * 7);
+    eprintln!(
+        "{scales_changed} group scales and {gains_changed} row gains changed, \
+         re-rounding would flip {flips} codes"
+    );
+    assert!(scales_changed > 0, "no group scale moved");
+    assert!(
+        flips > 0,
+        "the scales moved too little to test frozen codes"
+    );
+    assert!(gains_changed > 0, "no row gain moved");
+    // And the exported file computes what was trained.
+    let mut exported = base.clone();
+    exported.tensors = tensors;
+    let want = student
+        .forward(held, 2)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let got = core_logits(&f32_core(dequantized(&exported)), held, 2);
+    let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
+    assert!(max_diff(&got, &want) < 1e-4 * scale.max(1.0));
+}

@@ -74,6 +74,8 @@ pub(crate) struct RecoverArgs {
     lr_norms: f64,
     /// What to train: any of weights (latent 2-bit weights), scales (group
     /// scales), norms (norm gains), rows (a gain per matrix row), comma-separated.
+    /// Without weights the 2-bit codes are frozen: they stay bit-identical
+    /// through training and export, and only scales, norms and row gains move.
     #[arg(long, default_value = "weights,scales,norms,rows")]
     train: String,
     /// Seed of the data order.
