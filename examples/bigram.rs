@@ -40,7 +40,7 @@ impl Bigram {
         }
         let table = counts.iter().map(|c| c.ln()).collect();
         let mut info = ModelInfo::new("bigram", 256, 1 << 16);
-        info.special.end_of_turn = vec![b'.' as TokenId];
+        info.special.eot = Some(b'.' as TokenId);
         Bigram { info, table }
     }
 }

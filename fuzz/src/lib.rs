@@ -355,7 +355,7 @@ fn toy_session() -> Session<Toy> {
     static TOK: OnceLock<Arc<dyn Tokenize>> = OnceLock::new();
     let tok = TOK.get_or_init(|| Arc::new(ByteTokens)).clone();
     let mut info = ModelInfo::new("toy", 257, 4096);
-    info.special.end_of_turn = vec![TOY_EOT];
+    info.special.eot = Some(TOY_EOT);
     Session::new(Toy(info), tok, Arc::new(ChatMl))
 }
 

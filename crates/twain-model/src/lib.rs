@@ -80,23 +80,56 @@ pub use text::{BoxError, ChatFormat, ChatMl, Message, Role, Tokenize};
 /// A token id in a model's vocabulary.
 pub type TokenId = u32;
 
-/// Token ids with a special meaning to generation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Token ids with a special meaning to generation: one type from the tokenizer
+/// (which finds them) through the model file (which stores them, serialised) to
+/// the generation loop (which stops at them). `None`: the vocabulary has no such
+/// token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpecialTokens {
     /// Beginning of sequence, if the model uses one.
     pub bos: Option<TokenId>,
-    /// End of sequence / end of text.
+    /// End of sequence / end of text (for chat models often the end-of-turn token).
     pub eos: Option<TokenId>,
-    /// Tokens that end an assistant turn (e.g. `<|im_end|>`); generation stops at any of them.
-    pub end_of_turn: Vec<TokenId>,
-    /// Padding, if any.
+    /// End of turn (`<|im_end|>` for ChatML, `<|eot_id|>` for Llama 3).
+    pub eot: Option<TokenId>,
+    /// End of message (Llama 3.1 `<|eom_id|>`: a tool call is pending).
+    pub eom: Option<TokenId>,
+    /// Unknown token.
+    pub unk: Option<TokenId>,
+    /// Padding.
     pub pad: Option<TokenId>,
+    /// Further ids that end generation, e.g. the end marker a chat template
+    /// writes when the file names another end-of-turn token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_stops: Vec<TokenId>,
 }
 
 impl SpecialTokens {
-    /// True when `token` ends generation (end of turn or end of sequence).
+    /// True when `token` ends generation: end of sequence, of turn, of
+    /// message, or one of [`extra_stops`](Self::extra_stops).
     pub fn is_stop(&self, token: TokenId) -> bool {
-        self.eos == Some(token) || self.end_of_turn.contains(&token)
+        [self.eos, self.eot, self.eom].contains(&Some(token)) || self.extra_stops.contains(&token)
+    }
+
+    /// Every id that ends generation, in the order eos, eot, eom, extras; no
+    /// duplicates.
+    pub fn stop_ids(&self) -> Vec<TokenId> {
+        let mut ids = Vec::with_capacity(3 + self.extra_stops.len());
+        let named = [self.eos, self.eot, self.eom].into_iter().flatten();
+        for id in named.chain(self.extra_stops.iter().copied()) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
+    /// Every id this names, for range checks against a vocabulary.
+    pub fn ids(&self) -> impl Iterator<Item = TokenId> + '_ {
+        [self.bos, self.eos, self.eot, self.eom, self.unk, self.pad]
+            .into_iter()
+            .flatten()
+            .chain(self.extra_stops.iter().copied())
     }
 }
 

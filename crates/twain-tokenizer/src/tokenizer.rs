@@ -5,6 +5,7 @@ use std::str::FromStr;
 use crate::byte_level;
 use crate::error::{Result, TokenizerError};
 use crate::gguf::{self, GgufVocab, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL};
+pub use twain_model::SpecialTokens;
 
 /// Pieces that end a turn in the chat formats twain knows, most specific first. Used to find
 /// the end-of-turn token when the file does not name it (as llama.cpp does).
@@ -35,26 +36,6 @@ const EOS_PIECES: &[&str] = &[
     "<|im_end|>",
     "<|eot_id|>",
 ];
-
-/// The ids with a role in generation. `None`: the vocabulary has no such token.
-///
-/// Serialisable, so a converted model file can store the ids next to its tokenizer.json
-/// (which has no place for them) and restore them with [`Tokenizer::set_special_tokens`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SpecialTokens {
-    /// Beginning of sequence.
-    pub bos: Option<u32>,
-    /// End of sequence (for chat models usually the end-of-turn token, e.g. `<|im_end|>`).
-    pub eos: Option<u32>,
-    /// End of turn (`<|im_end|>` for ChatML, `<|eot_id|>` for Llama 3).
-    pub eot: Option<u32>,
-    /// End of message (Llama 3.1 `<|eom_id|>`, tool call pending).
-    pub eom: Option<u32>,
-    /// Unknown token.
-    pub unk: Option<u32>,
-    /// Padding.
-    pub pad: Option<u32>,
-}
 
 /// Ids a tokenizer.json may leave unused beyond twice its entry count (see [`max_id_table`]).
 pub const ID_SLACK: usize = 1024;
@@ -167,6 +148,7 @@ impl Tokenizer {
                 eom: v.eom,
                 unk: v.unk,
                 pad: v.pad,
+                extra_stops: Vec::new(),
             },
             add_bos: built.add_bos,
         };
@@ -246,6 +228,7 @@ impl Tokenizer {
             eom: tok.find_piece(&["<|eom_id|>"]),
             unk: tok.find_piece(&["<unk>", "[UNK]"]),
             pad: tok.find_piece(&["<pad>", "[PAD]", "<|pad|>"]),
+            extra_stops: Vec::new(),
         };
         Ok(tok)
     }
@@ -267,15 +250,17 @@ impl Tokenizer {
                 if let Some(v) = &gguf_vocab {
                     // Only ids this vocabulary has.
                     let known = |id: Option<u32>| id.filter(|&id| tok.piece(id).is_ok());
-                    let s = tok.specials;
-                    tok.specials = SpecialTokens {
+                    let s = tok.specials.clone();
+                    let specials = SpecialTokens {
                         bos: known(v.bos).or(s.bos),
                         eos: known(v.eos).or(s.eos),
                         eot: known(v.eot).or(s.eot),
                         eom: known(v.eom).or(s.eom),
                         unk: known(v.unk).or(s.unk),
                         pad: known(v.pad).or(s.pad),
+                        extra_stops: s.extra_stops,
                     };
+                    tok.specials = specials;
                 }
                 tok
             }
@@ -397,15 +382,7 @@ impl Tokenizer {
     /// Replace the special ids (e.g. from the model's config). Ids outside the vocabulary are
     /// refused.
     pub fn set_special_tokens(&mut self, specials: SpecialTokens) -> Result<()> {
-        let SpecialTokens {
-            bos,
-            eos,
-            eot,
-            eom,
-            unk,
-            pad,
-        } = specials;
-        for id in [bos, eos, eot, eom, unk, pad].into_iter().flatten() {
+        for id in specials.ids() {
             self.piece(id)?;
         }
         self.specials = specials;
@@ -429,16 +406,7 @@ impl Tokenizer {
 
     /// Every id that ends generation: EOS, end of turn, end of message; no duplicates.
     pub fn stop_ids(&self) -> Vec<u32> {
-        let mut ids = Vec::with_capacity(3);
-        for id in [self.specials.eos, self.specials.eot, self.specials.eom]
-            .into_iter()
-            .flatten()
-        {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
-        ids
+        self.specials.stop_ids()
     }
 
     /// The text of the BOS token (for chat templates' `bos_token`).

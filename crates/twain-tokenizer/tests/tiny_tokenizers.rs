@@ -122,11 +122,19 @@ fn tiny_tokenizer_json() {
         Err(TokenizerError::UnknownId { .. })
     ));
 
-    let mut specials = *tok.special_tokens();
+    let mut specials = tok.special_tokens().clone();
     specials.eos = Some(1);
     let mut tok2 = tok.clone();
-    tok2.set_special_tokens(specials).unwrap();
+    tok2.set_special_tokens(specials.clone()).unwrap();
     assert_eq!(tok2.stop_ids(), vec![1]);
+    specials.extra_stops = vec![2, 1];
+    tok2.set_special_tokens(specials.clone()).unwrap();
+    assert_eq!(tok2.stop_ids(), vec![1, 2]);
+    assert!(tok2.special_tokens().is_stop(2));
+    specials.extra_stops = vec![bad];
+    assert!(tok2.set_special_tokens(specials.clone()).is_err());
+    assert_eq!(tok2.stop_ids(), vec![1, 2], "a refused set changes nothing");
+    specials.extra_stops.clear();
     specials.eos = Some(bad);
     assert!(tok2.set_special_tokens(specials).is_err());
 

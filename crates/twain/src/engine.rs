@@ -204,19 +204,16 @@ impl Engine {
     }
 }
 
+/// The tokenizer's special ids; generation also stops at the end marker the
+/// chat template writes when that is another token.
 fn special_tokens(t: &Tokenizer, template: &ChatTemplate) -> SpecialTokens {
-    let mut end_of_turn = t.stop_ids();
+    let mut special = t.special_tokens().clone();
     if let Some(id) = t.end_marker_of(template.source()) {
-        if !end_of_turn.contains(&id) {
-            end_of_turn.push(id);
+        if !special.is_stop(id) {
+            special.extra_stops.push(id);
         }
     }
-    SpecialTokens {
-        bos: t.bos_id(),
-        eos: t.eos_id(),
-        end_of_turn,
-        pad: None,
-    }
+    special
 }
 
 fn build_template(loaded: &twain_io::LoadedModel, t: &Tokenizer) -> Result<ChatTemplate, Error> {

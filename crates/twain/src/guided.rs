@@ -153,13 +153,7 @@ struct CachedVocabulary {
 static VOCABULARIES: Mutex<Vec<CachedVocabulary>> = Mutex::new(Vec::new());
 
 fn stop_tokens(info: &ModelInfo) -> Vec<TokenId> {
-    let mut stops = info.special.end_of_turn.clone();
-    if let Some(eos) = info.special.eos {
-        if !stops.contains(&eos) {
-            stops.push(eos);
-        }
-    }
-    stops
+    info.special.stop_ids()
 }
 
 /// The constrained-decoding view of `tokenizer` for a model described by

@@ -47,7 +47,7 @@
 //! }
 //!
 //! let mut info = ModelInfo::new("ab", 256, 1024);
-//! info.special.end_of_turn = vec![2];
+//! info.special.eot = Some(2);
 //! let mut session = Session::new(Ab(info), Arc::new(Bytes), Arc::new(ChatMl));
 //! let (text, _) = session.respond("hi", GenerateOptions::default()).unwrap().collect_text().unwrap();
 //! assert_eq!(text, "ab");

@@ -69,7 +69,7 @@ fn opts() -> GuidedOptions {
 
 fn session() -> Session<Flat> {
     let mut info = ModelInfo::new("flat", 257, 1 << 16);
-    info.special.end_of_turn = vec![EOT];
+    info.special.eot = Some(EOT);
     Session::new(Flat(info), Arc::new(Bytes), Arc::new(ChatMl))
 }
 
@@ -172,7 +172,7 @@ fn budget_cancel_and_context_errors_are_typed() {
         "{r:?}"
     );
     let mut info = ModelInfo::new("tiny", 257, 40);
-    info.special.end_of_turn = vec![EOT];
+    info.special.eot = Some(EOT);
     let mut tiny = Session::new(Flat(info), Arc::new(Bytes), Arc::new(ChatMl));
     let r = tiny.respond_constrained(
         "hi",
@@ -322,7 +322,7 @@ fn a_tool_output_survives_a_failed_next_round() {
     // the next round's prefill fails, and the transcript keeps the call and
     // the output (the tool ran).
     let mut info = ModelInfo::new("small", 257, 1024);
-    info.special.end_of_turn = vec![EOT];
+    info.special.eot = Some(EOT);
     let mut s = Session::new(Flat(info), Arc::new(Bytes), Arc::new(ChatMl));
     let tools: [&dyn DynTool; 1] = [&Flood];
     let r = s.respond_with_tools(
@@ -354,7 +354,7 @@ fn a_tool_output_survives_a_failed_next_round() {
     assert!(!s.tokens().is_empty());
     // A failure before any tool ran leaves the session as it was.
     let mut info = ModelInfo::new("tiny", 257, 40);
-    info.special.end_of_turn = vec![EOT];
+    info.special.eot = Some(EOT);
     let mut tiny = Session::new(Flat(info), Arc::new(Bytes), Arc::new(ChatMl));
     let r = tiny.respond_with_tools("x", &tools, ToolOptions::default());
     assert!(r.is_err());

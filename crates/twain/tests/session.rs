@@ -24,7 +24,7 @@ struct Scripted {
 impl Scripted {
     fn new(script_len: usize, context: usize) -> Self {
         let mut info = ModelInfo::new("scripted", 1024, context);
-        info.special.end_of_turn = vec![EOT];
+        info.special.eot = Some(EOT);
         Self {
             info,
             script_len: script_len as u32,
