@@ -80,7 +80,7 @@ impl QuantFormat {
     pub fn row_bytes(self, cols: usize) -> Result<usize, QuantError> {
         let bl = self.block_len();
         if cols == 0 || !cols.is_multiple_of(bl) {
-            return Err(QuantError::Invalid(format!(
+            return Err(QuantError::Shape(format!(
                 "{}: row length {cols} is not a positive multiple of {bl}",
                 self.name()
             )));
@@ -92,14 +92,15 @@ impl QuantFormat {
                 .and_then(|b| b.checked_add(Q2_ROW_HEADER + nb.div_ceil(2))),
             f => nb.checked_mul(f.block_bytes()),
         };
-        bytes
-            .ok_or_else(|| QuantError::Invalid(format!("{}: row of {cols} overflows", self.name())))
+        bytes.ok_or_else(|| {
+            QuantError::Overflow(format!("{}: row of {cols} overflows", self.name()))
+        })
     }
 
     /// Bytes of a rows x cols matrix, overflow-checked.
     pub fn matrix_bytes(self, rows: usize, cols: usize) -> Result<usize, QuantError> {
         self.row_bytes(cols)?.checked_mul(rows).ok_or_else(|| {
-            QuantError::Invalid(format!(
+            QuantError::Overflow(format!(
                 "{}: {rows}x{cols} matrix size overflows",
                 self.name()
             ))
@@ -127,11 +128,7 @@ impl std::fmt::Display for QuantFormat {
 impl std::str::FromStr for QuantFormat {
     type Err = QuantError;
     fn from_str(s: &str) -> Result<Self, QuantError> {
-        Self::from_name(s).ok_or_else(|| {
-            QuantError::Invalid(format!(
-                "unknown format {s:?} (expected f32, f16, q8, q4 or q2)"
-            ))
-        })
+        Self::from_name(s).ok_or_else(|| QuantError::UnknownFormat(s.to_string()))
     }
 }
 

@@ -14,13 +14,13 @@ pub fn has_grid(format: QuantFormat) -> bool {
 
 fn check(format: QuantFormat, row: &[u8], cols: usize) -> Result<usize, QuantError> {
     if !has_grid(format) {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Unsupported(format!(
             "{format} has no per-group grid"
         )));
     }
     let need = format.row_bytes(cols)?;
     if row.len() != need {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Shape(format!(
             "{format} row of {cols} columns is {need} bytes, got {}",
             row.len()
         )));
@@ -156,7 +156,7 @@ pub fn group_scale(
     row_d: f32,
 ) -> Result<f32, QuantError> {
     if values.len() != QK || imp.is_some_and(|i| i.len() != QK) {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Shape(format!(
             "a group is {QK} values (and {QK} importances)"
         )));
     }
@@ -181,7 +181,7 @@ pub fn set_group_scale(
 ) -> Result<(), QuantError> {
     let nb = check(format, row, cols)?;
     if b >= nb {
-        return Err(QuantError::Invalid(format!("group {b} of {nb}")));
+        return Err(QuantError::Shape(format!("group {b} of {nb}")));
     }
     match format {
         QuantFormat::Q2 => {

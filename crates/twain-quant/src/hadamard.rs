@@ -185,7 +185,7 @@ impl Shape {
 
 fn shape(n: usize) -> Result<Shape, QuantError> {
     Shape::of(n).ok_or_else(|| {
-        QuantError::Invalid(format!(
+        QuantError::Unsupported(format!(
             "hadamard: length {n} is not supported (need 12^j * 2^k with j <= 2, n >= 1)"
         ))
     })
@@ -348,7 +348,7 @@ pub fn transform_rows_transposed(x: &mut [f32], n: usize) -> Result<(), QuantErr
 fn rows<const TR: bool>(x: &mut [f32], n: usize) -> Result<(), QuantError> {
     let sh = shape(n)?;
     if !x.len().is_multiple_of(n) {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Shape(format!(
             "hadamard: {} values are not whole rows of length {n}",
             x.len()
         )));
@@ -364,7 +364,7 @@ fn check_path(path: Path) -> Result<(), QuantError> {
     if path.is_supported() {
         Ok(())
     } else {
-        Err(QuantError::Invalid(format!(
+        Err(QuantError::Unsupported(format!(
             "hadamard: the {} path needs CPU features this machine lacks",
             path.name()
         )))

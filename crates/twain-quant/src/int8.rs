@@ -8,14 +8,14 @@ use crate::QuantError;
 /// Rows whose scale would not be a normal float (max |x| below 1.5e-36) are stored as zeros.
 pub fn quantize_row(x: &[f32], out: &mut [i8]) -> Result<f32, QuantError> {
     if x.len() != out.len() {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Shape(format!(
             "int8::quantize_row: {} inputs, {} outputs",
             x.len(),
             out.len()
         )));
     }
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Value(format!(
             "int8::quantize_row: x[{i}] = {}",
             x[i]
         )));

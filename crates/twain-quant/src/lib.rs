@@ -62,9 +62,49 @@ pub use quantize::quantize;
 #[derive(Debug, Error, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum QuantError {
-    /// Free-form description that says what and where.
+    /// A buffer, matrix or index does not fit the operation (lengths, row
+    /// counts, alignment, ranges). The text says which and where.
     #[error("{0}")]
-    Invalid(String),
+    Shape(String),
+    /// A value is NaN, infinite or outside what the format can represent.
+    #[error("{0}")]
+    Value(String),
+    /// The format, length or kernel path is not supported (here).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A format name that is none of f32, f16, q8, q4, q2.
+    #[error("unknown format {0:?} (expected f32, f16, q8, q4 or q2)")]
+    UnknownFormat(String),
+    /// A size computation overflows `usize`.
+    #[error("{0}")]
+    Overflow(String),
+    /// `source`, inside `context` (a row, a block).
+    #[error("{context}: {source}")]
+    At {
+        /// Where it happened, e.g. `quantize q2: row 7`.
+        context: String,
+        /// What happened.
+        #[source]
+        source: Box<QuantError>,
+    },
+}
+
+impl QuantError {
+    /// This error, inside `context`.
+    pub fn at(self, context: impl Into<String>) -> Self {
+        Self::At {
+            context: context.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// The innermost error under any [`At`](Self::At) contexts.
+    pub fn root(&self) -> &QuantError {
+        match self {
+            Self::At { source, .. } => source.root(),
+            e => e,
+        }
+    }
 }
 
 /// How a quantizer chooses scales.

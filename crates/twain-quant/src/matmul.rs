@@ -70,7 +70,7 @@ pub fn matvec(
     par: Parallelism,
 ) -> Result<(), QuantError> {
     if x.len() != w.cols() {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Shape(format!(
             "matvec: x has {} values, matrix has {} columns",
             x.len(),
             w.cols()
@@ -135,7 +135,7 @@ pub fn matmul_many_with(
     par: Parallelism,
 ) -> Result<(), QuantError> {
     if ws.len() != ys.len() {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Shape(format!(
             "matmul_many: {} matrices but {} outputs",
             ws.len(),
             ys.len()
@@ -147,7 +147,7 @@ pub fn matmul_many_with(
     let cols = first.cols();
     for (w, y) in ws.iter().zip(ys.iter()) {
         if w.cols() != cols {
-            return Err(QuantError::Invalid(format!(
+            return Err(QuantError::Shape(format!(
                 "matmul_many: matrices of {cols} and {} columns share one input",
                 w.cols()
             )));
@@ -278,7 +278,7 @@ pub fn quantize_activations(
     cols: usize,
 ) -> Result<Vec<Q8ActBlock>, QuantError> {
     if cols == 0 || !cols.is_multiple_of(QK) || x.is_empty() || !x.len().is_multiple_of(cols) {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Shape(format!(
             "activations: {} values do not split into rows of {cols} (a multiple of 32)",
             x.len()
         )));
@@ -293,7 +293,7 @@ pub fn quantize_activations(
         (k.quantize_act)(x, &mut acts)
     };
     if !ok {
-        return Err(QuantError::Invalid("activations contain NaN or inf".into()));
+        return Err(QuantError::Value("activations contain NaN or inf".into()));
     }
     Ok(acts)
 }
@@ -302,14 +302,14 @@ pub fn quantize_activations(
 fn check_shapes(w: &QMatrixRef<'_>, x: &[f32], y: &[f32]) -> Result<(), QuantError> {
     let (rows, cols, fmt) = (w.rows(), w.cols(), w.format());
     if x.is_empty() || !x.len().is_multiple_of(cols) {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Shape(format!(
             "matmul {fmt} {rows}x{cols}: x has {} values, not a positive multiple of {cols}",
             x.len()
         )));
     }
     let n = x.len() / cols;
     if y.len() != n * rows {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Shape(format!(
             "matmul {fmt} {rows}x{cols}: y has {} values, expected {n} x {rows}",
             y.len()
         )));

@@ -23,16 +23,16 @@ impl<'a> QMatrixRef<'a> {
     ) -> Result<Self, QuantError> {
         let want = format.matrix_bytes(rows, cols)?;
         if rows == 0 {
-            return Err(QuantError::Invalid(format!("{format} matrix with 0 rows")));
+            return Err(QuantError::Shape(format!("{format} matrix with 0 rows")));
         }
         if data.len() != want {
-            return Err(QuantError::Invalid(format!(
+            return Err(QuantError::Shape(format!(
                 "{format} {rows}x{cols} matrix needs {want} bytes, got {}",
                 data.len()
             )));
         }
         if !(data.as_ptr() as usize).is_multiple_of(format.alignment()) {
-            return Err(QuantError::Invalid(format!(
+            return Err(QuantError::Shape(format!(
                 "{format} {rows}x{cols} matrix data is not {}-byte aligned",
                 format.alignment()
             )));
@@ -74,7 +74,7 @@ impl<'a> QMatrixRef<'a> {
     /// The raw bytes of one row.
     pub fn row_data(&self, row: usize) -> Result<&'a [u8], QuantError> {
         if row >= self.rows {
-            return Err(QuantError::Invalid(format!(
+            return Err(QuantError::Shape(format!(
                 "row {row} out of range for a {}x{} matrix",
                 self.rows, self.cols
             )));
@@ -86,7 +86,7 @@ impl<'a> QMatrixRef<'a> {
     /// A view of a range of rows.
     pub fn rows_range(&self, rows: Range<usize>) -> Result<QMatrixRef<'a>, QuantError> {
         if rows.start >= rows.end || rows.end > self.rows {
-            return Err(QuantError::Invalid(format!(
+            return Err(QuantError::Shape(format!(
                 "row range {rows:?} is empty or out of range for a {}x{} matrix",
                 self.rows, self.cols
             )));
@@ -103,7 +103,7 @@ impl<'a> QMatrixRef<'a> {
     /// Dequantize one row into `out` (len = cols). Used for embedding gather.
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<(), QuantError> {
         if out.len() != self.cols {
-            return Err(QuantError::Invalid(format!(
+            return Err(QuantError::Shape(format!(
                 "dequantize_row: output has {} values, matrix has {} columns",
                 out.len(),
                 self.cols
@@ -199,7 +199,7 @@ impl QMatrix {
     ) -> Result<Self, QuantError> {
         let want = format.matrix_bytes(rows, cols)?;
         if rows == 0 || data.len() != want {
-            return Err(QuantError::Invalid(format!(
+            return Err(QuantError::Shape(format!(
                 "{format} {rows}x{cols} matrix needs {want} bytes, got {}",
                 data.len()
             )));

@@ -40,13 +40,13 @@ pub fn quantize(
     let row_bytes = format.row_bytes(cols)?;
     let total = format.matrix_bytes(rows, cols)?;
     if rows == 0 {
-        return Err(QuantError::Invalid(format!("quantize {format}: 0 rows")));
+        return Err(QuantError::Shape(format!("quantize {format}: 0 rows")));
     }
     let n = rows
         .checked_mul(cols)
-        .ok_or_else(|| QuantError::Invalid("size overflow".into()))?;
+        .ok_or_else(|| QuantError::Overflow("size overflow".into()))?;
     if w.len() != n {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Shape(format!(
             "quantize {format}: {rows}x{cols} needs {n} values, got {}",
             w.len()
         )));
@@ -55,13 +55,13 @@ pub fn quantize(
         None => None,
         Some(v) => {
             if v.len() != cols {
-                return Err(QuantError::Invalid(format!(
+                return Err(QuantError::Shape(format!(
                     "quantize {format}: importance has {} entries, matrix has {cols} columns",
                     v.len()
                 )));
             }
             if let Some(i) = v.iter().position(|x| !x.is_finite() || *x < 0.0) {
-                return Err(QuantError::Invalid(format!(
+                return Err(QuantError::Value(format!(
                     "quantize {format}: importance[{i}] = {} (must be finite and >= 0)",
                     v[i]
                 )));
@@ -78,13 +78,13 @@ pub fn quantize(
         .with_min_len(16)
         .try_for_each(|(r, (dst, src))| {
             if let Some(c) = src.iter().position(|x| !x.is_finite()) {
-                return Err(QuantError::Invalid(format!(
+                return Err(QuantError::Value(format!(
                     "quantize {format}: w[{r}][{c}] = {} is not finite",
                     src[c]
                 )));
             }
             quantize_row(format, src, imp, search, dst)
-                .map_err(|e| QuantError::Invalid(format!("quantize {format}: row {r}: {e}")))
+                .map_err(|e| e.at(format!("quantize {format}: row {r}")))
         })?;
     Ok(m)
 }
@@ -103,7 +103,7 @@ pub fn quantize_row(
             for (i, (d, &x)) in dst.chunks_exact_mut(2).zip(src).enumerate() {
                 let h = half::f16::from_f32(x);
                 if !h.is_finite() {
-                    return Err(QuantError::Invalid(format!(
+                    return Err(QuantError::Value(format!(
                         "column {i}: {x} is out of f16 range"
                     )));
                 }
@@ -115,8 +115,8 @@ pub fn quantize_row(
             let blocks: &mut [Q8Block] = bytemuck::cast_slice_mut(body);
             for (b, (blk, x)) in blocks.iter_mut().zip(src.chunks_exact(QK)).enumerate() {
                 let im = imp.map(|v| &v[b * QK..(b + 1) * QK]);
-                let (d, q) = quantize_block_q8(x, im, search)
-                    .map_err(|e| QuantError::Invalid(format!("block {b}: {e}")))?;
+                let (d, q) =
+                    quantize_block_q8(x, im, search).map_err(|e| e.at(format!("block {b}")))?;
                 sc[2 * b..2 * b + 2].copy_from_slice(&d.to_le_bytes());
                 *blk = q;
             }
@@ -126,8 +126,8 @@ pub fn quantize_row(
             let blocks: &mut [Q4Block] = bytemuck::cast_slice_mut(body);
             for (b, (blk, x)) in blocks.iter_mut().zip(src.chunks_exact(QK)).enumerate() {
                 let im = imp.map(|v| &v[b * QK..(b + 1) * QK]);
-                let (d, q) = quantize_block_q4(x, im, search)
-                    .map_err(|e| QuantError::Invalid(format!("block {b}: {e}")))?;
+                let (d, q) =
+                    quantize_block_q4(x, im, search).map_err(|e| e.at(format!("block {b}")))?;
                 sc[2 * b..2 * b + 2].copy_from_slice(&d.to_le_bytes());
                 *blk = q;
             }
@@ -199,7 +199,7 @@ pub(crate) fn quantize_block_q8(
         return Ok((0, blk));
     }
     if amax / 127.0 > 65504.0 {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Value(format!(
             "max |w| = {amax} is out of the f16 scale range"
         )));
     }
@@ -262,7 +262,7 @@ pub(crate) fn quantize_block_q4(
         return Ok((0, zero));
     }
     if amax / 8.0 > 65504.0 {
-        return Err(QuantError::Invalid(format!(
+        return Err(QuantError::Value(format!(
             "max |w| = {amax} is out of the f16 scale range"
         )));
     }

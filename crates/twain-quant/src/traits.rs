@@ -27,13 +27,13 @@ pub trait WeightFormat {
         dst: &mut [u8],
     ) -> Result<(), QuantError> {
         if let Some(i) = src.iter().position(|v| !v.is_finite()) {
-            return Err(QuantError::Invalid(format!(
+            return Err(QuantError::Value(format!(
                 "{}: w[{i}] is not finite",
                 Self::FORMAT
             )));
         }
         if dst.len() != Self::FORMAT.row_bytes(src.len())? {
-            return Err(QuantError::Invalid(format!(
+            return Err(QuantError::Shape(format!(
                 "{}: wrong row buffer size",
                 Self::FORMAT
             )));

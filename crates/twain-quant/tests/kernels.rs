@@ -601,3 +601,34 @@ mod softmax_exp {
         }
     }
 }
+
+/// Each kind of bad input has its own error variant, so a caller can tell a
+/// wrong shape from a bad value or an unsupported request without parsing text.
+#[test]
+fn errors_are_typed_by_kind() {
+    use twain_quant::QuantError;
+    let opts = Default::default();
+    let e = twain_quant::quantize(QuantFormat::Q4, 2, 32, &[0.5; 63], &opts).unwrap_err();
+    assert!(matches!(e, QuantError::Shape(_)), "{e:?}");
+    let mut w = vec![0.5f32; 64];
+    w[40] = f32::NAN;
+    let e = twain_quant::quantize(QuantFormat::Q2, 2, 32, &w, &opts).unwrap_err();
+    assert!(matches!(e, QuantError::Value(_)), "{e:?}");
+    assert!(e.to_string().contains("w[1][8]"), "{e}");
+    w[40] = 1e9;
+    let e = twain_quant::quantize(QuantFormat::Q8, 2, 32, &w, &opts).unwrap_err();
+    assert!(matches!(e.root(), QuantError::Value(_)), "{e:?}");
+    assert!(matches!(e, QuantError::At { .. }), "{e:?}");
+    assert!(e.to_string().contains("row 1"), "{e}");
+    let e = "q3".parse::<QuantFormat>().unwrap_err();
+    assert!(
+        matches!(&e, QuantError::UnknownFormat(n) if n == "q3"),
+        "{e:?}"
+    );
+    let e = QuantFormat::Q4.matrix_bytes(usize::MAX, 64).unwrap_err();
+    assert!(matches!(e, QuantError::Overflow(_)), "{e:?}");
+    let e = twain_quant::hadamard::transform(&mut [0.0; 7]).unwrap_err();
+    assert!(matches!(e, QuantError::Unsupported(_)), "{e:?}");
+    let e = twain_quant::grid::group_scales(QuantFormat::F32, &[], 32);
+    assert!(matches!(e, Err(QuantError::Unsupported(_))), "{e:?}");
+}
