@@ -112,22 +112,26 @@ pub(super) trait Fmt {
 /// The 32 bytes of `v` as 4 x 8 f32 (signed or unsigned).
 #[inline(always)]
 unsafe fn bytes_to_f32<const SIGNED: bool>(v: __m256i) -> [__m256; 4] {
-    let lo = _mm256_castsi256_si128(v);
-    let hi = _mm256_extracti128_si256::<1>(v);
-    let cvt = |q: __m128i| {
-        let i = if SIGNED {
-            _mm256_cvtepi8_epi32(q)
-        } else {
-            _mm256_cvtepu8_epi32(q)
+    // SAFETY: an inline helper of kernels that run only where
+    // detection found the CPU features these intrinsics need.
+    unsafe {
+        let lo = _mm256_castsi256_si128(v);
+        let hi = _mm256_extracti128_si256::<1>(v);
+        let cvt = |q: __m128i| {
+            let i = if SIGNED {
+                _mm256_cvtepi8_epi32(q)
+            } else {
+                _mm256_cvtepu8_epi32(q)
+            };
+            _mm256_cvtepi32_ps(i)
         };
-        _mm256_cvtepi32_ps(i)
-    };
-    [
-        cvt(lo),
-        cvt(_mm_srli_si128::<8>(lo)),
-        cvt(hi),
-        cvt(_mm_srli_si128::<8>(hi)),
-    ]
+        [
+            cvt(lo),
+            cvt(_mm_srli_si128::<8>(lo)),
+            cvt(hi),
+            cvt(_mm_srli_si128::<8>(hi)),
+        ]
+    }
 }
 
 pub(super) struct Q2F;
@@ -574,12 +578,13 @@ impl Packed {
     unsafe fn fill<F: Unpack>(&mut self, w: *const u8, cols: usize, m: usize) {
         let nb = cols / QK;
         let rb = F::row_bytes(cols);
-        self.codes.clear();
-        self.codes.resize(nb * 8, _mm256_setzero_si256());
-        self.scales.clear();
-        self.scales.resize(nb, _mm256_setzero_ps());
-        // SAFETY: rows 0..m are whole rows inside the matrix (caller).
+        // SAFETY: rows 0..m are whole rows inside the matrix, and the CPU has
+        // the features of this module's kernels (caller).
         unsafe {
+            self.codes.clear();
+            self.codes.resize(nb * 8, _mm256_setzero_si256());
+            self.scales.clear();
+            self.scales.resize(nb, _mm256_setzero_ps());
             for b in 0..nb {
                 let mut v = [_mm256_setzero_si256(); 8];
                 let mut sc = [0.0f32; 8];

@@ -259,17 +259,21 @@ impl Fmt for Q8F {
 /// The lane sums of four vectors, `[sum a, sum b, sum c, sum d]`.
 #[inline(always)]
 unsafe fn reduce4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
-    // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3], then [a, b, c, d] partials.
-    let ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-    let cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-    let s = _mm512_add_ps(
-        _mm512_shuffle_ps::<0x44>(ab, cd),
-        _mm512_shuffle_ps::<0xee>(ab, cd),
-    );
-    let lo = _mm512_castps512_ps256(s);
-    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s)));
-    let s = _mm256_add_ps(lo, hi);
-    _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s))
+    // SAFETY: an inline helper of kernels that run only where
+    // detection found the CPU features these intrinsics need.
+    unsafe {
+        // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3], then [a, b, c, d] partials.
+        let ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+        let cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+        let s = _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(ab, cd),
+            _mm512_shuffle_ps::<0xee>(ab, cd),
+        );
+        let lo = _mm512_castps512_ps256(s);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s)));
+        let s = _mm256_add_ps(lo, hi);
+        _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s))
+    }
 }
 
 /// `R` rows (at `w`, `F::row_bytes` apart) times `C` panel columns from `j0`,
@@ -477,12 +481,13 @@ impl Packed {
     unsafe fn fill<F: avx2::Unpack>(&mut self, w: *const u8, cols: usize, m: usize) {
         let nb = cols / QK;
         let rb = <F as avx2::Fmt>::row_bytes(cols);
-        self.codes.clear();
-        self.codes.resize(nb * 8, _mm512_setzero_si512());
-        self.scales.clear();
-        self.scales.resize(nb, _mm512_setzero_ps());
-        // SAFETY: rows 0..m are whole rows inside the matrix (caller).
+        // SAFETY: rows 0..m are whole rows inside the matrix, and the CPU has
+        // the features of this module's kernels (caller).
         unsafe {
+            self.codes.clear();
+            self.codes.resize(nb * 8, _mm512_setzero_si512());
+            self.scales.clear();
+            self.scales.resize(nb, _mm512_setzero_ps());
             for b in 0..nb {
                 let mut lo = [_mm256_setzero_si256(); 8];
                 let mut hi = [_mm256_setzero_si256(); 8];
@@ -958,33 +963,37 @@ unsafe fn tail16<F: LaneFmt, const T: usize>(
 /// features, so the intrinsics in it would become calls.
 #[inline(always)]
 unsafe fn reduce16(a: &[__m512; 16]) -> __m512 {
-    // Pairs, then quads as in `reduce4`: c[i] holds rows 4i .. 4i + 4 in
-    // each 128-bit lane; then the 128-bit lanes are summed across.
-    let mut b = [_mm512_setzero_ps(); 8];
-    for i in 0..8 {
-        let (x, y) = (a[2 * i], a[2 * i + 1]);
-        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
-    }
-    let mut c = [_mm512_setzero_ps(); 4];
-    for i in 0..4 {
-        let (x, y) = (b[2 * i], b[2 * i + 1]);
-        c[i] = _mm512_add_ps(
-            _mm512_shuffle_ps::<0x44>(x, y),
-            _mm512_shuffle_ps::<0xee>(x, y),
+    // SAFETY: an inline helper of kernels that run only where
+    // detection found the CPU features these intrinsics need.
+    unsafe {
+        // Pairs, then quads as in `reduce4`: c[i] holds rows 4i .. 4i + 4 in
+        // each 128-bit lane; then the 128-bit lanes are summed across.
+        let mut b = [_mm512_setzero_ps(); 8];
+        for i in 0..8 {
+            let (x, y) = (a[2 * i], a[2 * i + 1]);
+            b[i] = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+        }
+        let mut c = [_mm512_setzero_ps(); 4];
+        for i in 0..4 {
+            let (x, y) = (b[2 * i], b[2 * i + 1]);
+            c[i] = _mm512_add_ps(
+                _mm512_shuffle_ps::<0x44>(x, y),
+                _mm512_shuffle_ps::<0xee>(x, y),
+            );
+        }
+        let e01 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(c[0], c[1]),
+            _mm512_shuffle_f32x4::<0xee>(c[0], c[1]),
         );
+        let e23 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(c[2], c[3]),
+            _mm512_shuffle_f32x4::<0xee>(c[2], c[3]),
+        );
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(e01, e23),
+            _mm512_shuffle_f32x4::<0xdd>(e01, e23),
+        )
     }
-    let e01 = _mm512_add_ps(
-        _mm512_shuffle_f32x4::<0x44>(c[0], c[1]),
-        _mm512_shuffle_f32x4::<0xee>(c[0], c[1]),
-    );
-    let e23 = _mm512_add_ps(
-        _mm512_shuffle_f32x4::<0x44>(c[2], c[3]),
-        _mm512_shuffle_f32x4::<0xee>(c[2], c[3]),
-    );
-    _mm512_add_ps(
-        _mm512_shuffle_f32x4::<0x88>(e01, e23),
-        _mm512_shuffle_f32x4::<0xdd>(e01, e23),
-    )
 }
 
 /// Every row of `w` times the single column of a lane-layout panel: 16 rows
@@ -1335,10 +1344,14 @@ trait DeqFmt: Fmt {
 /// Bytes 0..16 and 16..32 of `v` as f32 (unsigned).
 #[inline(always)]
 unsafe fn u8x32_to_f32(v: __m256i) -> (__m512, __m512) {
-    (
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(v))),
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256::<1>(v))),
-    )
+    // SAFETY: an inline helper of kernels that run only where
+    // detection found the CPU features these intrinsics need.
+    unsafe {
+        (
+            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(v))),
+            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256::<1>(v))),
+        )
+    }
 }
 
 impl DeqFmt for Q2F {
