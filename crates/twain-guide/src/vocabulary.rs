@@ -51,6 +51,10 @@ pub const CLOSERS: &[&str] = &[
 /// [`CLOSERS`].
 pub const STRING_CLOSERS: &[&str] = &["\"}", "\"]", "\""];
 
+/// Bytes of JSON's structure: a token holding one of them is a
+/// [`Vocabulary::structural_tokens`] entry.
+pub const STRUCTURAL_BYTES: &[u8] = b"\"{}[],:\n";
+
 /// The ids of `texts` in `words` (special tokens carry a marker byte and
 /// never match), in the order of `texts`.
 fn ids_of(texts: &[&str], words: &[Vec<u8>]) -> Vec<TokenId> {
@@ -92,6 +96,7 @@ pub struct Vocabulary {
     stop_tokens: Vec<TokenId>,
     closers: Vec<TokenId>,
     string_closers: Vec<TokenId>,
+    structural: Vec<TokenId>,
     env: TokEnv,
 }
 
@@ -153,6 +158,15 @@ impl Vocabulary {
             .collect();
         let closers = ids_of(CLOSERS, &words);
         let string_closers = ids_of(STRING_CLOSERS, &words);
+        let structural = words
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| {
+                w.first() == Some(&TokTrie::SPECIAL_TOKEN_MARKER)
+                    || w.iter().any(|b| STRUCTURAL_BYTES.contains(b))
+            })
+            .map(|(id, _)| id as TokenId)
+            .collect();
         let mut stops = stop_tokens.to_vec();
         stops.dedup();
         let info = TokRxInfo::new(vocab_size as u32, stops[0]);
@@ -180,6 +194,7 @@ impl Vocabulary {
             stop_tokens: stops,
             closers,
             string_closers,
+            structural,
             env,
         }))
     }
@@ -200,6 +215,13 @@ impl Vocabulary {
     pub fn closers(&self, in_string: bool) -> impl Iterator<Item = TokenId> + '_ {
         let first: &[TokenId] = if in_string { &self.string_closers } else { &[] };
         first.iter().chain(&self.closers).copied()
+    }
+
+    /// The tokens that hold a byte of JSON's structure ([`STRUCTURAL_BYTES`])
+    /// or are special, in id order: where a repeat penalty's matches stop
+    /// (keys and separators must recur).
+    pub fn structural_tokens(&self) -> &[TokenId] {
+        &self.structural
     }
 
     /// The bytes of `token` (special tokens: a marker byte and their name).

@@ -128,7 +128,7 @@ pub use error::SampleError;
 pub use mask::TokenMask;
 pub use prob::{argmax, softmax, softmax_in_place};
 pub use processor::{
-    Context, LogitBias, LogitsProcessor, MinP, Penalties, Temperature, TopK, TopP,
+    Context, Dry, LogitBias, LogitsProcessor, MinP, Penalties, Temperature, TopK, TopP,
 };
 pub use sampler::{Sampler, SamplerBuilder, TokenProb};
 pub use twain_model::TokenId;

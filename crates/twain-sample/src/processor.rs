@@ -2,7 +2,7 @@
 //! processors as stand-alone values.
 //!
 //! The stand-alone processors ([`Temperature`], [`TopK`], [`TopP`], [`MinP`],
-//! [`Penalties`], [`LogitBias`]) work on a whole logits slice and drop tokens
+//! [`Penalties`], [`Dry`], [`LogitBias`]) work on a whole logits slice and drop tokens
 //! by setting their logits to `-inf`, so they can be put in any order, in a
 //! [`Sampler`](crate::Sampler) through
 //! [`SamplerBuilder::with_processor`](crate::SamplerBuilder::with_processor) or
@@ -418,6 +418,138 @@ impl LogitsProcessor for Penalties {
         let window = self.params.window(ctx.history);
         self.params
             .apply(logits, window, &mut self.counts, &mut self.touched);
+    }
+}
+
+/// DRY ("don't repeat yourself"), the repeated-sequence penalty of
+/// koboldcpp and text-generation-webui: when the last `L` tokens of the
+/// history already occurred earlier, followed by token `t`, generating `t`
+/// would extend the repeat to `L + 1`, so `t` loses
+/// `multiplier * base^(L - allowed_length)` from its logit (for
+/// `L >= allowed_length`; the largest `L` of any earlier occurrence counts).
+/// A plain repetition penalty punishes every reused token; this punishes
+/// only the continuation of a sequence already said, and more the longer it
+/// gets, so a loop is broken within a few tokens while words, numbers and
+/// punctuation stay free to recur.
+///
+/// Matches never cross a *sequence breaker* (for JSON: tokens with a quote,
+/// bracket, comma, colon or newline), so structure that must repeat (keys,
+/// separators) is not penalised. Bounded work: the look-back window (`last_n`,
+/// default 1024 tokens) times the longest match measured (64 tokens; longer
+/// matches count as 64).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dry {
+    multiplier: f32,
+    base: f32,
+    allowed_length: usize,
+    last_n: usize,
+    /// Sorted, deduplicated.
+    breakers: Vec<TokenId>,
+}
+
+/// Longest match [`Dry`] measures.
+const DRY_MAX_MATCH: usize = 64;
+
+impl Default for Dry {
+    /// The defaults of the DRY proposal: multiplier 0.8, base 1.75, allowed
+    /// length 2; no breakers.
+    fn default() -> Self {
+        Self {
+            multiplier: 0.8,
+            base: 1.75,
+            allowed_length: 2,
+            last_n: 1024,
+            breakers: Vec::new(),
+        }
+    }
+}
+
+impl Dry {
+    /// Errors unless `multiplier` is finite and `>= 0` (0 turns it off),
+    /// `base` finite and `>= 1`, and `allowed_length >= 1`.
+    pub fn new(multiplier: f32, base: f32, allowed_length: usize) -> Result<Self, SampleError> {
+        if !(multiplier.is_finite() && multiplier >= 0.0) {
+            return Err(invalid(
+                "dry_multiplier",
+                multiplier.into(),
+                "a finite number >= 0",
+            ));
+        }
+        if !(base.is_finite() && base >= 1.0) {
+            return Err(invalid("dry_base", base.into(), "a finite number >= 1"));
+        }
+        if allowed_length == 0 {
+            return Err(invalid("dry_allowed_length", 0.0, "at least 1"));
+        }
+        Ok(Self {
+            multiplier,
+            base,
+            allowed_length,
+            ..Self::default()
+        })
+    }
+
+    /// Look at the last `n` tokens of the history only (at least 2).
+    pub fn last_n(mut self, n: usize) -> Self {
+        self.last_n = n.max(2);
+        self
+    }
+
+    /// Add tokens a repeated sequence may not run across.
+    pub fn breakers(mut self, tokens: impl IntoIterator<Item = TokenId>) -> Self {
+        self.breakers.extend(tokens);
+        self.breakers.sort_unstable();
+        self.breakers.dedup();
+        self
+    }
+
+    fn is_breaker(&self, t: TokenId) -> bool {
+        self.breakers.binary_search(&t).is_ok()
+    }
+
+    /// The penalty of each token that would extend a repeat of `history`'s
+    /// end: `(token, amount)`, each token once with its largest amount.
+    pub fn penalties(&self, history: &[TokenId]) -> Vec<(TokenId, f32)> {
+        let h = &history[history.len().saturating_sub(self.last_n)..];
+        let n = h.len();
+        let mut out: Vec<(TokenId, f32)> = Vec::new();
+        if self.multiplier == 0.0 || n < 2 || self.is_breaker(h[n - 1]) {
+            return out;
+        }
+        // The run of non-breakers at the end bounds every match.
+        let tail = h
+            .iter()
+            .rev()
+            .take(DRY_MAX_MATCH)
+            .take_while(|&&t| !self.is_breaker(t))
+            .count();
+        // Candidate `h[j]` followed `h[..j]`; match `h[..j]`'s end with `h`'s.
+        for j in 1..n {
+            let mut len = 0;
+            // Within `tail` every matched token is a non-breaker.
+            while len < tail && len < j && h[j - 1 - len] == h[n - 1 - len] {
+                len += 1;
+            }
+            if len >= self.allowed_length {
+                let amount = self.multiplier * self.base.powi((len - self.allowed_length) as i32);
+                let t = h[j];
+                match out.iter_mut().find(|(id, _)| *id == t) {
+                    Some(e) => e.1 = e.1.max(amount),
+                    None => out.push((t, amount)),
+                }
+            }
+        }
+        out
+    }
+}
+
+impl LogitsProcessor for Dry {
+    fn process(&mut self, logits: &mut [f32], ctx: &Context<'_>) {
+        for (t, amount) in self.penalties(ctx.history) {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l -= amount;
+            }
+        }
     }
 }
 

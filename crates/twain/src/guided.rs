@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use twain_guide::{Constraint, GuideError, JsonFormat, Matcher, PartialJson, TokenBytes};
 use twain_model::{Model, ModelInfo, TokenId};
-use twain_sample::{Sampler, TokenMask};
+use twain_sample::{Context, Dry, LogitsProcessor, Sampler, TokenMask};
 
 use crate::generate::{EndReason, Event, GenerateOptions};
 use crate::text::TextAssembler;
@@ -106,12 +106,19 @@ pub struct GuidedOptions {
     /// Give every string without a `maxLength` (and without a `pattern`,
     /// `format`, `enum` or `const`) this `maxLength` in characters, so a
     /// small model stuck repeating itself inside a string still finishes
-    /// within the token budget. Default `None`: the schema as it is.
+    /// within the token budget. Default
+    /// `Some(`[`DEFAULT_MAX_STRING_LENGTH`]`)`; `None`: the schema as it is.
     pub max_string_length: Option<usize>,
     /// Likewise give every array without a `maxItems` this `maxItems` (a
     /// small model repeating one item forever still finishes). Default
     /// `None`.
     pub max_array_items: Option<usize>,
+    /// A repeat penalty on the value's own tokens ([`Dry`]; its matches stop
+    /// at the vocabulary's [structural tokens](Vocabulary::structural_tokens)
+    /// besides any breakers it has): greedy decoding of a small model inside
+    /// a free-form string otherwise repeats a phrase until the budget is
+    /// gone. Default `Some(Dry::default())`; `None` turns it off.
+    pub repetition: Option<Dry>,
 }
 
 impl Default for GuidedOptions {
@@ -120,8 +127,9 @@ impl Default for GuidedOptions {
             generate: GenerateOptions::default().max_tokens(512),
             describe_schema: true,
             format: JsonFormat::default(),
-            max_string_length: None,
+            max_string_length: Some(DEFAULT_MAX_STRING_LENGTH),
             max_array_items: None,
+            repetition: Some(Dry::default()),
         }
     }
 }
@@ -132,7 +140,12 @@ twain_model::setters!(GuidedOptions {
     format: JsonFormat,
     max_string_length: Option<usize>,
     max_array_items: Option<usize>,
+    repetition: Option<Dry>,
 });
+
+/// [`GuidedOptions::max_string_length`]'s default, in characters: a
+/// sentence or two, about 60 tokens of English.
+pub const DEFAULT_MAX_STRING_LENGTH: usize = 256;
 
 impl GuidedOptions {
     /// Default options with a budget of `max_tokens`.
@@ -569,6 +582,10 @@ pub struct GuidedGeneration<'a, M: Model> {
     close_est: Option<usize>,
     /// Steps since the closing path was last measured.
     since_check: usize,
+    /// The repeat penalty, breakers included, and where the value's tokens
+    /// start in `tokens`.
+    repetition: Option<Dry>,
+    value_start: usize,
 }
 
 /// Outside the closing window the closing path is measured every this many
@@ -685,6 +702,12 @@ impl<M: Model> GuidedGeneration<'_, M> {
         self.matcher.fill_mask(&mut self.mask)?;
         self.scratch.clear();
         self.scratch.extend_from_slice(self.logits);
+        if let Some(dry) = &mut self.repetition {
+            dry.process(
+                &mut self.scratch,
+                &Context::new(&self.tokens[self.value_start..]),
+            );
+        }
         let mut tok = self
             .sampler
             .sample_masked(&mut self.scratch, self.tokens, &self.mask)
@@ -895,14 +918,20 @@ impl<M: Model> Session<M> {
     /// Add a user message and stream an answer that stays inside
     /// `constraint` (the prompt is sent as given). The answer goes to the
     /// transcript when the generation ends or is dropped; on error the
-    /// transcript is unchanged.
+    /// transcript is unchanged. The answer's own tokens get
+    /// [`GuidedOptions`]' default repeat penalty.
     pub fn respond_constrained(
         &mut self,
         user: &str,
         constraint: &Constraint,
         opts: GenerateOptions,
     ) -> Result<GuidedGeneration<'_, M>, GuidedError> {
-        self.constrained_turn(vec![Message::new(Role::User, user)], constraint, opts)
+        self.constrained_turn(
+            vec![Message::new(Role::User, user)],
+            constraint,
+            opts,
+            Some(Dry::default()),
+        )
     }
 
     /// Append `new` messages to the transcript and stream a constrained
@@ -912,8 +941,11 @@ impl<M: Model> Session<M> {
         new: Vec<Message>,
         constraint: &Constraint,
         opts: GenerateOptions,
+        repetition: Option<Dry>,
     ) -> Result<GuidedGeneration<'_, M>, GuidedError> {
         let vocabulary = self.guide_vocabulary()?;
+        let repetition =
+            repetition.map(|d| d.breakers(vocabulary.structural_tokens().iter().copied()));
         let matcher = vocabulary.matcher(constraint)?;
         let mut messages = self.transcript.clone();
         messages.extend(new);
@@ -921,6 +953,7 @@ impl<M: Model> Session<M> {
         let prompt = self.tokenizer.encode(&text).map_err(Error::Tokenizer)?;
         self.prefill(&prompt)?;
         self.transcript = messages;
+        let value_start = self.tokens.len();
         Ok(GuidedGeneration {
             model: &self.model,
             state: &mut self.state,
@@ -941,6 +974,8 @@ impl<M: Model> Session<M> {
             scratch: Vec::new(),
             close_est: None,
             since_check: CLOSE_CHECK_EVERY,
+            repetition,
+            value_start,
         })
     }
 
@@ -980,7 +1015,12 @@ impl<M: Model> Session<M> {
             user.to_string()
         };
         let constraint = json_constraint(schema, &opts);
-        self.respond_constrained(&prompt, &constraint, opts.generate)
+        self.constrained_turn(
+            vec![Message::new(Role::User, prompt)],
+            &constraint,
+            opts.generate,
+            opts.repetition,
+        )
     }
 
     /// Add a user message and answer with a value of type `T`, generated
@@ -1044,7 +1084,12 @@ impl<M: Model> Session<M> {
             user.to_string()
         };
         let constraint = json_constraint(schema, &opts);
-        let inner = self.respond_constrained(&prompt, &constraint, opts.generate)?;
+        let inner = self.constrained_turn(
+            vec![Message::new(Role::User, prompt)],
+            &constraint,
+            opts.generate,
+            opts.repetition,
+        )?;
         Ok(TypedStream {
             inner,
             partial: PartialJson::new(),

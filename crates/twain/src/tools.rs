@@ -300,7 +300,12 @@ impl<M: Model> Session<M> {
             let round = std::mem::take(&mut next);
             let mut started = false;
             let text = self
-                .constrained_turn(round.clone(), &constraint, opts.guided.generate.clone())
+                .constrained_turn(
+                    round.clone(),
+                    &constraint,
+                    opts.guided.generate.clone(),
+                    opts.guided.repetition.clone(),
+                )
                 .and_then(|turn| {
                     started = true;
                     turn.complete_text()

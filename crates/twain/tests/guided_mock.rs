@@ -2,7 +2,8 @@
 //! model whose logits are flat, so greedy decoding takes the lowest allowed
 //! token id — the grammar alone decides the output. A space sorts before
 //! the closing quote, so free strings run to their length limit: these tests
-//! give every string one (`max_string_length`).
+//! give every string one (`max_string_length`) and turn the repeat penalty
+//! off (`repetition(None)`) except where it is what they test.
 
 use std::sync::Arc;
 
@@ -64,7 +65,9 @@ impl Tokenize for Bytes {
 }
 
 fn opts() -> GuidedOptions {
-    GuidedOptions::default().max_string_length(Some(4))
+    GuidedOptions::default()
+        .repetition(None)
+        .max_string_length(Some(4))
 }
 
 fn session() -> Session<Flat> {
@@ -145,7 +148,12 @@ fn snapshots_extend_each_other_and_end_in_the_value() {
 #[test]
 fn budget_cancel_and_context_errors_are_typed() {
     let mut s = session();
-    let r = s.respond_as::<Thing>("x", GuidedOptions::max_tokens(3).max_string_length(Some(4)));
+    let r = s.respond_as::<Thing>(
+        "x",
+        GuidedOptions::max_tokens(3)
+            .repetition(None)
+            .max_string_length(Some(4)),
+    );
     assert!(
         matches!(
             r,
@@ -227,19 +235,23 @@ fn max_string_length_bounds_free_strings() {
         text: String,
     }
     let mut s = session();
-    let o = GuidedOptions::default().max_string_length(Some(5));
+    let o = GuidedOptions::default()
+        .repetition(None)
+        .max_string_length(Some(5));
     let v = s.respond_json("x", &schema_of::<Free>(), o).unwrap();
     assert_eq!(v, json!({"text": "     "}));
     // A string with only a minimum length is capped too.
     let schema = json!({"type": "object", "properties": {"t": {"type": "string", "minLength": 3}},
                         "required": ["t"], "additionalProperties": false});
-    let o = GuidedOptions::default().max_string_length(Some(5));
+    let o = GuidedOptions::default()
+        .repetition(None)
+        .max_string_length(Some(5));
     let v = s.respond_json("x", &schema, o).unwrap();
     assert_eq!(v, json!({"t": "     "}));
     // Without the cap the string runs until the budget, and budget-aware
     // decoding closes it there.
     let v = s
-        .respond_json("x", &schema, GuidedOptions::max_tokens(64))
+        .respond_json("x", &schema, GuidedOptions::max_tokens(64).repetition(None))
         .unwrap();
     let t = v["t"].as_str().unwrap();
     assert!(t.len() >= 3 && t.trim().is_empty(), "{v}");
@@ -415,12 +427,14 @@ fn recursive_schemas_are_described_and_generated_in_bounded_time() {
     assert!(d.len() < 8 << 20, "{} bytes", d.len());
     // Types whose schemas refer to themselves, through the typed path.
     let mut s = session();
-    let r = s.respond_as::<Nest>("x", GuidedOptions::max_tokens(48));
+    let r = s.respond_as::<Nest>("x", GuidedOptions::max_tokens(48).repetition(None));
     assert!(
         matches!(r, Ok(_) | Err(GuidedError::Incomplete { .. })),
         "{r:?}"
     );
-    let o = GuidedOptions::max_tokens(64).max_array_items(Some(2));
+    let o = GuidedOptions::max_tokens(64)
+        .repetition(None)
+        .max_array_items(Some(2));
     let r = s.respond_as::<Tree>("x", o);
     assert!(
         matches!(r, Ok(_) | Err(GuidedError::Incomplete { .. })),
@@ -446,7 +460,11 @@ fn every_budget_that_fits_the_shortest_value_gives_a_finished_value() {
         "additionalProperties": false
     });
     let shortest = r#"{"name": "", "tags": [], "note": ""}"#.len();
-    let loose = || GuidedOptions::default().describe_schema(false);
+    let loose = || {
+        GuidedOptions::default()
+            .repetition(None)
+            .describe_schema(false)
+    };
     for budget in shortest..shortest + 40 {
         let mut s = session();
         let mut o = loose();
@@ -479,4 +497,84 @@ fn every_budget_that_fits_the_shortest_value_gives_a_finished_value() {
         ),
         "{r:?}"
     );
+}
+
+/// Prefers to continue "ab" inside a string forever: `a` after `b` and `b`
+/// after anything else score 5, the closing quote 1, the rest 0.
+struct Looper(ModelInfo);
+
+impl Model for Looper {
+    type State = Vec<TokenId>;
+    fn info(&self) -> &ModelInfo {
+        &self.0
+    }
+    fn new_state(&self) -> Vec<TokenId> {
+        Vec::new()
+    }
+    fn forward(
+        &self,
+        s: &mut Vec<TokenId>,
+        t: &[TokenId],
+        l: &mut [f32],
+    ) -> Result<(), ModelError> {
+        self.0.check_forward(s.len(), t, l.len())?;
+        s.extend_from_slice(t);
+        l.fill(0.0);
+        let next = if s.last() == Some(&u32::from(b'a')) {
+            b'b'
+        } else {
+            b'a'
+        };
+        l[usize::from(next)] = 5.0;
+        l[usize::from(b'"')] = 1.0;
+        Ok(())
+    }
+    fn position(&self, s: &Vec<TokenId>) -> usize {
+        s.len()
+    }
+    fn truncate(&self, s: &mut Vec<TokenId>, n: usize) -> Result<(), ModelError> {
+        s.truncate(n);
+        Ok(())
+    }
+}
+
+/// Greedy decoding of a model that loops inside a free string: without a
+/// repeat penalty or a length cap the string runs until the budget (the
+/// value is only finished by budget-aware decoding, at its very end); the
+/// default options (DRY on the value's tokens) close it after a few
+/// characters, and the default length cap alone closes it at 256.
+#[test]
+fn a_looping_model_finishes_free_strings_under_the_defaults() {
+    let mut info = ModelInfo::new("looper", 257, 1 << 16);
+    info.special.eot = Some(EOT);
+    let session = || Session::new(Looper(info.clone()), Arc::new(Bytes), Arc::new(ChatMl));
+    let schema = json!({"type": "object", "properties": {"note": {"type": "string"}},
+                        "required": ["note"], "additionalProperties": false});
+    let base = || GuidedOptions::max_tokens(400).describe_schema(false);
+
+    let off = base().repetition(None).max_string_length(None);
+    let v = session().respond_json("x", &schema, off).unwrap();
+    let note = v["note"].as_str().unwrap();
+    assert!(note.len() > 350 && note.starts_with("ababab"), "{v}");
+
+    let mut s = session();
+    let v = s.respond_json("x", &schema, base()).unwrap();
+    // The k-th character repeats the k-2 before it; DRY's defaults take
+    // 0.8 * 1.75^(k-2-2) off the loop's next token, which falls below the
+    // quote's 1 (from 5) first at k = 8 (0.8 * 1.75^3 = 4.29): 7 characters.
+    assert_eq!(v["note"], "abababa", "{v}");
+
+    let capped = base().repetition(None);
+    let v = session().respond_json("x", &schema, capped).unwrap();
+    assert_eq!(
+        v["note"].as_str().unwrap().len(),
+        twain::guided::DEFAULT_MAX_STRING_LENGTH
+    );
+
+    // The penalty stops at structure: keys and separators may recur.
+    let list = json!({"type": "array", "items": {"type": "object",
+        "properties": {"k": {"type": "integer"}}, "required": ["k"], "additionalProperties": false},
+        "minItems": 4, "maxItems": 4});
+    let v = session().respond_json("x", &list, base()).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 4, "{v}");
 }

@@ -22,6 +22,12 @@ pub(crate) struct GenerateArgs {
     /// Answer with JSON valid under the JSON Schema in FILE (guided generation).
     #[arg(long, value_name = "FILE", conflicts_with = "raw")]
     schema: Option<PathBuf>,
+    /// With --schema: cap strings without a maxLength at N characters (0: no cap).
+    #[arg(long, value_name = "N", default_value_t = twain::guided::DEFAULT_MAX_STRING_LENGTH, requires = "schema")]
+    max_string_length: usize,
+    /// With --schema: no DRY repeat penalty on the value's tokens.
+    #[arg(long, requires = "schema")]
+    no_repeat_penalty: bool,
     /// The prompt.
     prompt: String,
 }
@@ -31,7 +37,11 @@ pub(crate) fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let mut session = session_of(&a.model, &engine)?;
     session.set_sampler(sampler(&a.sample)?);
     if let Some(file) = &a.schema {
-        return generate_json(&mut session, file, &a.prompt, &a.sample);
+        let opts = twain::GuidedOptions::default()
+            .generate(gen_opts(&a.sample))
+            .max_string_length((a.max_string_length > 0).then_some(a.max_string_length))
+            .repetition((!a.no_repeat_penalty).then(twain::sample::Dry::default));
+        return generate_json(&mut session, file, &a.prompt, opts);
     }
     let g = if a.raw {
         session.complete(&a.prompt, gen_opts(&a.sample))
@@ -46,12 +56,11 @@ fn generate_json(
     session: &mut twain::Session<Arc<Transformer>>,
     file: &Path,
     prompt: &str,
-    sample: &SampleArgs,
+    opts: twain::GuidedOptions,
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
     let schema: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))?;
-    let opts = twain::GuidedOptions::default().generate(gen_opts(sample));
     let mut out = std::io::stdout().lock();
     let mut g = session.respond_json_stream(prompt, &schema, opts)?;
     let mut end = None;
