@@ -217,7 +217,7 @@ impl Vocabulary {
         first.iter().chain(&self.closers).copied()
     }
 
-    /// The tokens that hold a byte of JSON's structure ([`STRUCTURAL_BYTES`])
+    /// The tokens that hold a byte of JSON's structure (a quote, bracket, brace, comma, colon or newline)
     /// or are special, in id order: where a repeat penalty's matches stop
     /// (keys and separators must recur).
     pub fn structural_tokens(&self) -> &[TokenId] {
